@@ -20,13 +20,19 @@ fn main() {
         })
         .unwrap_or_default();
     pages.sort();
-    let mut out = String::from("/// Diagnostic pages embedded from docs/diagnostics.\npub const PAGES: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Diagnostic pages embedded from docs/diagnostics.\npub const PAGES: &[(&str, &str)] = &[\n",
+    );
     for (code, path) in pages {
         println!("cargo:rerun-if-changed={}", path.display());
-        out.push_str(&format!("    ({code:?}, include_str!({:?})),\n", path.display().to_string()));
+        out.push_str(&format!(
+            "    ({code:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("pages.rs");
+    let dest =
+        PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into())).join("pages.rs");
     if let Err(e) = std::fs::write(&dest, out) {
         panic!("cannot write {}: {e}", dest.display());
     }

@@ -152,8 +152,6 @@ registry! {
         "remove the metric or use it in a rule";
     NoRollbackRule = "R2007", Warning, "no rule rolls back",
         "add a rule with `action rollback`, or the policy can only pause or warn on a bad canary";
-    TrafficHundred = "R2008", Warning, "`traffic 100%` instead of `promote`",
-        "write `promote` for the final step";
 }
 
 impl Code {

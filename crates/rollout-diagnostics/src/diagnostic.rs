@@ -36,7 +36,12 @@ impl fmt::Debug for Diagnostic {
 
 impl Diagnostic {
     /// A diagnostic with the code's default severity, a message and a primary label.
-    pub fn new(code: Code, message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
+    pub fn new(
+        code: Code,
+        message: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             code,
             severity: code.severity(),

@@ -32,7 +32,10 @@ enum Kind {
 const TARGET_KEYS: &[(&str, Kind)] = &[
     ("name", Kind::Str),
     ("namespace", Kind::Str),
-    ("component", Kind::Word(&["predictor", "transformer", "explainer"])),
+    (
+        "component",
+        Kind::Word(&["predictor", "transformer", "explainer"]),
+    ),
 ];
 const PROMETHEUS_KEYS: &[(&str, Kind)] = &[
     ("url", Kind::Str),
@@ -54,7 +57,10 @@ const EVALUATION_KEYS: &[(&str, Kind)] = &[
 ];
 const METRIC_KEYS: &[(&str, Kind)] = &[
     ("query", Kind::Str),
-    ("unit", Kind::Word(&["ratio", "percent", "ms", "s", "count", "rps"])),
+    (
+        "unit",
+        Kind::Word(&["ratio", "percent", "ms", "s", "count", "rps"]),
+    ),
     ("description", Kind::Str),
 ];
 const CREDENTIAL_KEYS: &[&str] = &[
@@ -83,11 +89,24 @@ enum Val {
 /// Settings of one block after checking: key -> (value, span of the value).
 type Settings = HashMap<&'static str, (Val, Span)>;
 
+/// What a path resolves to: (arm, metric id, kind if the metric checked out), or the known
+/// names when it is unknown (`None` when the path's shape is wrong).
+type Resolved = Result<(Option<Arm>, usize, Option<Dim>), Option<Vec<String>>>;
+
 /// Whether an expression is a rule condition (arms required) or a derived metric (no arms).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ctx {
     Rule,
     Derived,
+}
+
+/// The metrics by id while checking: a failed definition keeps its name (so references to it
+/// are not reported again as unknown) but has no metric.
+pub(crate) struct Table {
+    /// An unknown preset was used: unknown names may be its metrics, so they are not reported.
+    incomplete: bool,
+    names: Vec<String>,
+    metrics: Vec<Option<Metric>>,
 }
 
 /// A metric while checking: definition not yet resolved.
@@ -108,6 +127,8 @@ enum PendingDef<'f> {
     },
     Derived(&'f ast::Expr),
     PresetRatio(&'static str, &'static str),
+    /// The definition had errors (already reported).
+    Failed,
 }
 
 impl<'a> Checker<'a> {
@@ -143,7 +164,10 @@ impl<'a> Checker<'a> {
                                 "second declaration",
                             )
                             .with_label(prev_span, "first declared here")
-                            .with_help(format!("merge the two `{}` blocks into one", b.kind.keyword())),
+                            .with_help(format!(
+                                "merge the two `{}` blocks into one",
+                                b.kind.keyword()
+                            )),
                         );
                     } else {
                         blocks.insert(b.kind, b);
@@ -157,9 +181,14 @@ impl<'a> Checker<'a> {
                     if let Some(prev) = steps {
                         let prev_span = prev.keyword_span;
                         self.err(
-                            Diagnostic::new(Code::Duplicate, "`steps` is declared twice", s.keyword_span, "second declaration")
-                                .with_label(prev_span, "first declared here")
-                                .with_help("a policy has one `steps` block; merge them"),
+                            Diagnostic::new(
+                                Code::Duplicate,
+                                "`steps` is declared twice",
+                                s.keyword_span,
+                                "second declaration",
+                            )
+                            .with_label(prev_span, "first declared here")
+                            .with_help("a policy has one `steps` block; merge them"),
                         );
                     } else {
                         steps = Some(s);
@@ -169,26 +198,43 @@ impl<'a> Checker<'a> {
         }
         let name_span = r.name.span;
         let target = self.target(blocks.get(&ast::BlockKind::Target).copied(), name_span);
-        let prometheus = self.prometheus(blocks.get(&ast::BlockKind::Prometheus).copied(), name_span);
+        let prometheus =
+            self.prometheus(blocks.get(&ast::BlockKind::Prometheus).copied(), name_span);
         let evaluation = self.evaluation(blocks.get(&ast::BlockKind::Evaluation).copied());
-        let (metric_table, metrics_ok) = self.metrics(&uses, &metric_decls, &evaluation, prometheus.as_ref());
+        let (metric_table, metrics_ok) = self.metrics(&uses, &metric_decls, prometheus.as_ref());
         let rules = self.rules(&rule_decls, &metric_table, &evaluation);
         let failure = self.failure_policy(&ons);
         let steps_checked = match steps {
             Some(s) => self.steps(s, &metric_table, &rules),
             None => {
                 self.err(
-                    Diagnostic::new(Code::MissingSetting, "the policy has no `steps`", name_span, "this rollout has no steps")
-                        .with_help("add `steps { traffic 10% hold 5m promote }`"),
+                    Diagnostic::new(
+                        Code::MissingSetting,
+                        "the policy has no `steps`",
+                        name_span,
+                        "this rollout has no steps",
+                    )
+                    .with_help("add `steps { traffic 10% hold 5m promote }`"),
                 );
                 None
             }
         };
         if r.name.value.trim().is_empty() {
-            self.err(Diagnostic::new(Code::InvalidValue, "the rollout's name is empty", name_span, "empty name")
-                .with_help("name the rollout, e.g. `rollout \"sklearn-iris-canary\" { ... }`"));
+            self.err(
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    "the rollout's name is empty",
+                    name_span,
+                    "empty name",
+                )
+                .with_help("name the rollout, e.g. `rollout \"sklearn-iris-canary\" { ... }`"),
+            );
         }
-        let metrics: Option<Vec<Metric>> = if metrics_ok { metric_table.into_iter().collect() } else { None };
+        let metrics: Option<Vec<Metric>> = if metrics_ok {
+            metric_table.metrics.into_iter().collect()
+        } else {
+            None
+        };
         let (Some(target), Some(prometheus), Some(metrics), Some(rules), Some(steps_checked)) =
             (target, prometheus, metrics, rules, steps_checked)
         else {
@@ -205,19 +251,35 @@ impl<'a> Checker<'a> {
             steps: steps_checked,
         };
         crate::lints::run(self, &policy, file, steps);
-        self.deadline(&policy, name_span, blocks.get(&ast::BlockKind::Evaluation).copied());
-        let has_error = self.diags.iter().any(|d| d.severity() == rollout_diagnostics::Severity::Error);
+        self.deadline(
+            &policy,
+            name_span,
+            blocks.get(&ast::BlockKind::Evaluation).copied(),
+        );
+        let has_error = self
+            .diags
+            .iter()
+            .any(|d| d.severity() == rollout_diagnostics::Severity::Error);
         (!has_error).then_some(policy)
     }
 
     // ---------------------------------------------------------------------------------------
     // Settings
 
-    fn settings(&mut self, block: &ast::SettingsBlock, keys: &'static [(&'static str, Kind)]) -> Settings {
+    fn settings(
+        &mut self,
+        block: &ast::SettingsBlock,
+        keys: &'static [(&'static str, Kind)],
+    ) -> Settings {
         self.settings_list(&block.settings, keys, block.kind.keyword())
     }
 
-    fn settings_list(&mut self, list: &[ast::Setting], keys: &'static [(&'static str, Kind)], block: &str) -> Settings {
+    fn settings_list(
+        &mut self,
+        list: &[ast::Setting],
+        keys: &'static [(&'static str, Kind)],
+        block: &str,
+    ) -> Settings {
         let mut out: Settings = HashMap::new();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for s in list {
@@ -243,17 +305,27 @@ impl<'a> Checker<'a> {
                     None => format!("`{block}` takes: {}", names.join(", ")),
                 };
                 self.err(
-                    Diagnostic::new(Code::UnknownSetting, format!("unknown setting `{key}` in `{block}`"), s.key.span, "unknown setting")
-                        .with_help(help),
+                    Diagnostic::new(
+                        Code::UnknownSetting,
+                        format!("unknown setting `{key}` in `{block}`"),
+                        s.key.span,
+                        "unknown setting",
+                    )
+                    .with_help(help),
                 );
                 continue;
             };
             if let Some(prev) = seen.get(key) {
                 let prev = *prev;
                 self.err(
-                    Diagnostic::new(Code::Duplicate, format!("`{key}` is set twice"), s.key.span, "set again here")
-                        .with_label(prev, "first set here")
-                        .with_help("remove one of the two settings"),
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("`{key}` is set twice"),
+                        s.key.span,
+                        "set again here",
+                    )
+                    .with_label(prev, "first set here")
+                    .with_help("remove one of the two settings"),
                 );
                 continue;
             }
@@ -271,7 +343,13 @@ impl<'a> Checker<'a> {
             Kind::Duration => "a duration such as `30s` or `5m`".to_string(),
             Kind::Bool => "`true` or `false`".to_string(),
             Kind::Int => "a whole number".to_string(),
-            Kind::Word(ws) => format!("one of {}", ws.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")),
+            Kind::Word(ws) => format!(
+                "one of {}",
+                ws.iter()
+                    .map(|w| format!("`{w}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let got = match (kind, v) {
             (Kind::Str, ast::Value::Str(s)) => return Some(Val::Str(s.value.clone())),
@@ -290,7 +368,9 @@ impl<'a> Checker<'a> {
             }
             (_, ast::Value::Str(_)) => "a string",
             (_, ast::Value::Quantity(q)) if q.unit.is_none() => "a plain number",
-            (_, ast::Value::Quantity(q)) if q.unit == Some(ast::UnitSuffix::Percent) => "a percentage",
+            (_, ast::Value::Quantity(q)) if q.unit == Some(ast::UnitSuffix::Percent) => {
+                "a percentage"
+            }
             (_, ast::Value::Quantity(_)) => "a duration",
             (_, ast::Value::Bool(..)) => "`true`/`false`",
             (_, ast::Value::Ident(i)) => {
@@ -317,10 +397,10 @@ impl<'a> Checker<'a> {
             v.span(),
             format!("expected {expected}"),
         );
-        if kind == Kind::Duration {
-            if let ast::Value::Quantity(q) = v {
-                d = d.with_help(format!("add a unit: `{}s` or `{}m`", q.digits, q.digits));
-            }
+        if kind == Kind::Duration
+            && let ast::Value::Quantity(q) = v
+        {
+            d = d.with_help(format!("add a unit: `{}s` or `{}m`", q.digits, q.digits));
         }
         self.err(d);
         None
@@ -330,12 +410,21 @@ impl<'a> Checker<'a> {
     fn duration(&mut self, q: &ast::Quantity, what: &str) -> Option<Duration> {
         match q.as_millis() {
             Some(0) => {
-                self.err(Diagnostic::new(Code::ZeroDuration, format!("`{what}` is zero"), q.span, "zero duration"));
+                self.err(Diagnostic::new(
+                    Code::ZeroDuration,
+                    format!("`{what}` is zero"),
+                    q.span,
+                    "zero duration",
+                ));
                 None
             }
             Some(ms) => Some(Duration::from_millis(ms)),
             None => {
-                let found = if q.unit == Some(ast::UnitSuffix::Percent) { "a percentage" } else { "a plain number" };
+                let found = if q.unit == Some(ast::UnitSuffix::Percent) {
+                    "a percentage"
+                } else {
+                    "a plain number"
+                };
                 self.err(
                     Diagnostic::new(
                         Code::InvalidValue,
@@ -357,7 +446,10 @@ impl<'a> Checker<'a> {
         }
         self.err(Diagnostic::new(
             Code::InvalidValue,
-            format!("`{what}` expects a whole number of at least 1, found `{}`", q.text()),
+            format!(
+                "`{what}` expects a whole number of at least 1, found `{}`",
+                q.text()
+            ),
             q.span,
             "expected a whole number >= 1",
         ));
@@ -367,8 +459,15 @@ impl<'a> Checker<'a> {
     fn target(&mut self, block: Option<&ast::SettingsBlock>, name_span: Span) -> Option<Target> {
         let Some(block) = block else {
             self.err(
-                Diagnostic::new(Code::MissingSetting, "the policy has no `target`", name_span, "this rollout has no target")
-                    .with_help("add `target { name = \"<inferenceservice>\" namespace = \"<namespace>\" }`"),
+                Diagnostic::new(
+                    Code::MissingSetting,
+                    "the policy has no `target`",
+                    name_span,
+                    "this rollout has no target",
+                )
+                .with_help(
+                    "add `target { name = \"<inferenceservice>\" namespace = \"<namespace>\" }`",
+                ),
             );
             return None;
         };
@@ -376,13 +475,14 @@ impl<'a> Checker<'a> {
         let name = self.required_str(&s, "name", block);
         let namespace = self.required_str(&s, "namespace", block);
         for (key, v) in [("name", &name), ("namespace", &namespace)] {
-            if let (Some(v), Some((_, span))) = (v, s.get(key)) {
-                if !is_dns_label(v) && !(key == "name" && is_dns_subdomain(v)) {
-                    self.err(
+            if let (Some(v), Some((_, span))) = (v, s.get(key))
+                && !is_dns_label(v)
+                && !(key == "name" && is_dns_subdomain(v))
+            {
+                self.err(
                         Diagnostic::new(Code::InvalidValue, format!("`{v}` is not a valid Kubernetes {key}"), *span, "not a DNS-1123 name")
                             .with_help("use lowercase letters, digits and `-`, starting and ending with a letter or digit (at most 63 characters)"),
                     );
-                }
             }
         }
         let component = match s.get("component") {
@@ -400,7 +500,12 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn required_str(&mut self, s: &Settings, key: &str, block: &ast::SettingsBlock) -> Option<String> {
+    fn required_str(
+        &mut self,
+        s: &Settings,
+        key: &str,
+        block: &ast::SettingsBlock,
+    ) -> Option<String> {
         match s.get(key) {
             Some((Val::Str(v), _)) => Some(v.clone()),
             Some(_) => None,
@@ -412,18 +517,30 @@ impl<'a> Checker<'a> {
                         block.keyword_span,
                         format!("no `{key}` here"),
                     )
-                    .with_help(format!("add `{key} = \"...\"` to `{}`", block.kind.keyword())),
+                    .with_help(format!(
+                        "add `{key} = \"...\"` to `{}`",
+                        block.kind.keyword()
+                    )),
                 );
                 None
             }
         }
     }
 
-    fn prometheus(&mut self, block: Option<&ast::SettingsBlock>, name_span: Span) -> Option<PrometheusSource> {
+    fn prometheus(
+        &mut self,
+        block: Option<&ast::SettingsBlock>,
+        name_span: Span,
+    ) -> Option<PrometheusSource> {
         let Some(block) = block else {
             self.err(
-                Diagnostic::new(Code::MissingSetting, "the policy has no `prometheus` source", name_span, "no metrics source")
-                    .with_help("add `prometheus { url = \"http://prometheus.monitoring:9090\" }`"),
+                Diagnostic::new(
+                    Code::MissingSetting,
+                    "the policy has no `prometheus` source",
+                    name_span,
+                    "no metrics source",
+                )
+                .with_help("add `prometheus { url = \"http://prometheus.monitoring:9090\" }`"),
             );
             return None;
         };
@@ -443,8 +560,16 @@ impl<'a> Checker<'a> {
             ca_file: get_str("ca_file"),
             insecure: matches!(s.get("insecure"), Some((Val::Bool(true), _))),
         };
-        if let Some((_, span)) = s.get("insecure").filter(|(v, _)| matches!(v, Val::Bool(true))) {
-            self.err(Diagnostic::new(Code::InsecureTls, "TLS certificate verification is disabled", *span, "`insecure = true`"));
+        if let Some((_, span)) = s
+            .get("insecure")
+            .filter(|(v, _)| matches!(v, Val::Bool(true)))
+        {
+            self.err(Diagnostic::new(
+                Code::InsecureTls,
+                "TLS certificate verification is disabled",
+                *span,
+                "`insecure = true`",
+            ));
         }
         let dur = |k: &str| match s.get(k) {
             Some((Val::Duration(d), _)) => Some(*d),
@@ -459,34 +584,60 @@ impl<'a> Checker<'a> {
     }
 
     fn check_url(&mut self, url: &str, span: Span) {
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
         let Some(rest) = rest else {
-            self.err(Diagnostic::new(Code::InvalidUrl, format!("`{url}` is not an http:// or https:// URL"), span, "not an absolute http(s) URL"));
+            self.err(Diagnostic::new(
+                Code::InvalidUrl,
+                format!("`{url}` is not an http:// or https:// URL"),
+                span,
+                "not an absolute http(s) URL",
+            ));
             return;
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             if userinfo.contains(':') {
                 self.err(
-                    Diagnostic::new(Code::InlineCredential, "the URL contains a password", span, "credential in the URL")
-                        .with_help("remove `user:password@` from the URL and use `basic_auth_file = \"...\"`"),
+                    Diagnostic::new(
+                        Code::InlineCredential,
+                        "the URL contains a password",
+                        span,
+                        "credential in the URL",
+                    )
+                    .with_help(
+                        "remove `user:password@` from the URL and use `basic_auth_file = \"...\"`",
+                    ),
                 );
             } else {
-                self.err(Diagnostic::new(Code::InvalidUrl, "the URL contains a user name", span, "user name in the URL"));
+                self.err(Diagnostic::new(
+                    Code::InvalidUrl,
+                    "the URL contains a user name",
+                    span,
+                    "user name in the URL",
+                ));
             }
             return;
         }
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        let port_ok = authority
-            .rsplit_once(':')
-            .is_none_or(|(_, p)| authority.ends_with(']') || (!p.is_empty() && p.parse::<u16>().is_ok()));
+        let port_ok = authority.rsplit_once(':').is_none_or(|(_, p)| {
+            authority.ends_with(']') || (!p.is_empty() && p.parse::<u16>().is_ok())
+        });
         if host.is_empty() || !port_ok || authority.contains(char::is_whitespace) {
-            self.err(Diagnostic::new(Code::InvalidUrl, format!("`{url}` has no valid host"), span, "invalid host or port"));
+            self.err(Diagnostic::new(
+                Code::InvalidUrl,
+                format!("`{url}` has no valid host"),
+                span,
+                "invalid host or port",
+            ));
         }
     }
 
     fn evaluation(&mut self, block: Option<&ast::SettingsBlock>) -> Evaluation {
-        let s = block.map(|b| self.settings(b, EVALUATION_KEYS)).unwrap_or_default();
+        let s = block
+            .map(|b| self.settings(b, EVALUATION_KEYS))
+            .unwrap_or_default();
         let dur = |k: &str, default: Duration| match s.get(k) {
             Some((Val::Duration(d), _)) => *d,
             _ => default,
@@ -541,9 +692,8 @@ impl<'a> Checker<'a> {
         &mut self,
         uses: &[&ast::UseDecl],
         decls: &[&'_ ast::MetricDecl],
-        eval: &Evaluation,
         prom: Option<&PrometheusSource>,
-    ) -> (Vec<Option<Metric>>, bool) {
+    ) -> (Table, bool) {
         let mut pending: Vec<PendingMetric<'_>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut used_presets: HashMap<&str, Span> = HashMap::new();
@@ -553,38 +703,61 @@ impl<'a> Checker<'a> {
             if let Some(prev) = used_presets.get(name) {
                 let prev = *prev;
                 self.err(
-                    Diagnostic::new(Code::Duplicate, format!("`use {name}` appears twice"), u.span, "again here")
-                        .with_label(prev, "first here")
-                        .with_help("remove the second `use`"),
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("`use {name}` appears twice"),
+                        u.span,
+                        "again here",
+                    )
+                    .with_label(prev, "first here")
+                    .with_help("remove the second `use`"),
                 );
                 continue;
             }
-            let Some(defs) = presets::preset(name) else {
+            let Some(defs) = presets::parsed(name) else {
                 let help = match did_you_mean(name, &presets::PRESETS) {
                     Some(s) => format!("did you mean `{s}`? available presets: knative, istio"),
-                    None => "available presets: `knative` (queue-proxy classic metrics) and `istio`".to_string(),
+                    None => {
+                        "available presets: `knative` (queue-proxy classic metrics) and `istio`"
+                            .to_string()
+                    }
                 };
-                self.err(Diagnostic::new(Code::UnknownPreset, format!("unknown preset `{name}`"), u.preset.span, "unknown preset").with_help(help));
+                self.err(
+                    Diagnostic::new(
+                        Code::UnknownPreset,
+                        format!("unknown preset `{name}`"),
+                        u.preset.span,
+                        "unknown preset",
+                    )
+                    .with_help(help),
+                );
                 ok = false;
                 continue;
             };
-            used_presets.insert(presets::PRESETS.iter().find(|p| **p == name).copied().unwrap_or("knative"), u.span);
-            let origin = Origin::Preset(presets::PRESETS.iter().find(|p| **p == name).copied().unwrap_or("knative"));
-            for (pm, def) in defs {
-                let pdef = if pm.derived {
-                    match def.split_once(" / ") {
-                        Some(("errors", "requests")) => PendingDef::PresetRatio("errors", "requests"),
-                        _ => continue,
-                    }
-                } else {
-                    match Template::parse(&def) {
-                        Ok(template) => PendingDef::Query {
-                            template,
-                            unit: pm.unit,
-                            query_span: u.span,
-                        },
-                        Err(_) => continue,
-                    }
+            used_presets.insert(
+                presets::PRESETS
+                    .iter()
+                    .find(|p| **p == name)
+                    .copied()
+                    .unwrap_or("knative"),
+                u.span,
+            );
+            let origin = Origin::Preset(
+                presets::PRESETS
+                    .iter()
+                    .find(|p| **p == name)
+                    .copied()
+                    .unwrap_or("knative"),
+            );
+            for (pm, template) in defs {
+                let pdef = match template {
+                    // The one derived preset metric: error_rate = errors / requests.
+                    None => PendingDef::PresetRatio("errors", "requests"),
+                    Some(template) => PendingDef::Query {
+                        template: template.clone(),
+                        unit: pm.unit,
+                        query_span: u.span,
+                    },
                 };
                 let m = PendingMetric {
                     name: pm.name.to_string(),
@@ -609,9 +782,14 @@ impl<'a> Checker<'a> {
             if let Some(prev) = user_seen.get(&name) {
                 let prev = *prev;
                 self.err(
-                    Diagnostic::new(Code::Duplicate, format!("metric `{name}` is defined twice"), d.name.span, "defined again here")
-                        .with_label(prev, "first defined here")
-                        .with_help("rename or remove one of the definitions"),
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("metric `{name}` is defined twice"),
+                        d.name.span,
+                        "defined again here",
+                    )
+                    .with_label(prev, "first defined here")
+                    .with_help("rename or remove one of the definitions"),
                 );
                 ok = false;
                 continue;
@@ -621,10 +799,10 @@ impl<'a> Checker<'a> {
                 ast::MetricDef::Derived(e) => Some(PendingDef::Derived(e)),
                 ast::MetricDef::Query(settings) => self.query_metric(d, settings),
             };
-            let Some(def) = def else {
+            let def = def.unwrap_or_else(|| {
                 ok = false;
-                continue;
-            };
+                PendingDef::Failed
+            });
             let m = PendingMetric {
                 name: name.clone(),
                 span: d.span,
@@ -650,12 +828,11 @@ impl<'a> Checker<'a> {
                     let mut names = Vec::new();
                     collect_paths(e, &mut names);
                     for path in names {
-                        if let [one] = path {
-                            if let Some(&j) = index.get(&one.name) {
-                                if !deps[i].contains(&j) {
-                                    deps[i].push(j);
-                                }
-                            }
+                        if let [one] = path
+                            && let Some(&j) = index.get(&one.name)
+                            && !deps[i].contains(&j)
+                        {
+                            deps[i].push(j);
                         }
                     }
                 }
@@ -666,7 +843,7 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                PendingDef::Query { .. } => {}
+                PendingDef::Query { .. } | PendingDef::Failed => {}
             }
         }
         let mut remaining: Vec<usize> = deps.iter().map(Vec::len).collect();
@@ -691,8 +868,13 @@ impl<'a> Checker<'a> {
         for &i in &in_cycle {
             let m = &pending[i];
             self.err(
-                Diagnostic::new(Code::MetricCycle, format!("metric `{}` depends on itself", m.name), m.name_span, "part of a cycle")
-                    .with_help("derived metrics must be built from query metrics without cycles"),
+                Diagnostic::new(
+                    Code::MetricCycle,
+                    format!("metric `{}` depends on itself", m.name),
+                    m.name_span,
+                    "part of a cycle",
+                )
+                .with_help("derived metrics must be built from query metrics without cycles"),
             );
             ok = false;
         }
@@ -702,12 +884,23 @@ impl<'a> Checker<'a> {
         for &i in &order {
             let m = &pending[i];
             let (kind, unit, dim) = match &m.def {
-                PendingDef::Query { template, unit, query_span } => {
-                    self.check_promql(&m.name, template, *query_span, eval, prom);
+                PendingDef::Failed => continue,
+                PendingDef::Query {
+                    template,
+                    unit,
+                    query_span,
+                } => {
+                    // Preset templates are fixed and valid (unit-tested in `presets`); only user
+                    // templates are parsed as PromQL here.
+                    if m.origin == Origin::User {
+                        self.check_promql(&m.name, template, *query_span, prom);
+                    }
                     (MetricKind::Query(template.clone()), *unit, unit.dim())
                 }
                 PendingDef::PresetRatio(a, b) => {
-                    let (Some(&ia), Some(&ib)) = (index.get(*a), index.get(*b)) else { continue };
+                    let (Some(&ia), Some(&ib)) = (index.get(*a), index.get(*b)) else {
+                        continue;
+                    };
                     (
                         MetricKind::Derived(MetricExpr::Arith(
                             ArithOp::Div,
@@ -724,8 +917,17 @@ impl<'a> Checker<'a> {
                         continue;
                     };
                     if dim == Dim::Bool {
-                        self.err(Diagnostic::new(Code::NotBoolean, format!("metric `{}` is a condition, not a value", m.name), e.span, "a condition")
-                            .with_help("a derived metric computes a number; put comparisons in rules"));
+                        self.err(
+                            Diagnostic::new(
+                                Code::NotBoolean,
+                                format!("metric `{}` is a condition, not a value", m.name),
+                                e.span,
+                                "a condition",
+                            )
+                            .with_help(
+                                "a derived metric computes a number; put comparisons in rules",
+                            ),
+                        );
                         ok = false;
                         continue;
                     }
@@ -749,10 +951,23 @@ impl<'a> Checker<'a> {
             });
         }
         let ok = ok && built.iter().all(Option::is_some);
-        (built, ok)
+        (
+            Table {
+                incomplete: uses
+                    .iter()
+                    .any(|u| presets::parsed(&u.preset.name).is_none()),
+                names: pending.into_iter().map(|m| m.name).collect(),
+                metrics: built,
+            },
+            ok,
+        )
     }
 
-    fn query_metric(&mut self, d: &ast::MetricDecl, settings: &[ast::Setting]) -> Option<PendingDef<'static>> {
+    fn query_metric(
+        &mut self,
+        d: &ast::MetricDecl,
+        settings: &[ast::Setting],
+    ) -> Option<PendingDef<'static>> {
         let s = self.settings_list(settings, METRIC_KEYS, "metric");
         let query = match s.get("query") {
             Some((Val::Str(q), span)) => Some((q.clone(), *span)),
@@ -770,8 +985,13 @@ impl<'a> Checker<'a> {
             Some(_) => None,
             None => {
                 self.err(
-                    Diagnostic::new(Code::MissingSetting, format!("metric `{}` needs a `unit`", d.name.name), d.name.span, "no unit")
-                        .with_help("add `unit = ratio`, `percent`, `ms`, `s`, `count` or `rps`"),
+                    Diagnostic::new(
+                        Code::MissingSetting,
+                        format!("metric `{}` needs a `unit`", d.name.name),
+                        d.name.span,
+                        "no unit",
+                    )
+                    .with_help("add `unit = ratio`, `percent`, `ms`, `s`, `count` or `rps`"),
                 );
                 None
             }
@@ -779,22 +999,42 @@ impl<'a> Checker<'a> {
         let (query, query_span) = query?;
         let unit = unit?;
         match Template::parse(&query) {
-            Ok(template) => Some(PendingDef::Query { template, unit, query_span }),
+            Ok(template) => Some(PendingDef::Query {
+                template,
+                unit,
+                query_span,
+            }),
             Err(errors) => {
                 for e in errors {
                     match e {
                         TemplateError::Unknown { name, offset } => {
                             let names: Vec<&str> = Var::ALL.iter().map(|v| v.as_str()).collect();
                             let help = match did_you_mean(&name, &names) {
-                                Some(s) => format!("did you mean `${{{s}}}`? placeholders: {}", placeholder_list()),
+                                Some(s) => format!(
+                                    "did you mean `${{{s}}}`? placeholders: {}",
+                                    placeholder_list()
+                                ),
                                 None => format!("placeholders: {}", placeholder_list()),
                             };
                             let span = self.string_span(query_span, offset, name.len() + 3);
-                            self.err(Diagnostic::new(Code::UnknownPlaceholder, format!("unknown placeholder `${{{name}}}`"), span, "unknown placeholder").with_help(help));
+                            self.err(
+                                Diagnostic::new(
+                                    Code::UnknownPlaceholder,
+                                    format!("unknown placeholder `${{{name}}}`"),
+                                    span,
+                                    "unknown placeholder",
+                                )
+                                .with_help(help),
+                            );
                         }
                         TemplateError::Unterminated { offset } => {
                             let span = self.string_span(query_span, offset, 2);
-                            self.err(Diagnostic::new(Code::UnknownPlaceholder, "placeholder `${` is never closed", span, "no closing `}`"));
+                            self.err(Diagnostic::new(
+                                Code::UnknownPlaceholder,
+                                "placeholder `${` is never closed",
+                                span,
+                                "no closing `}`",
+                            ));
                         }
                     }
                 }
@@ -807,8 +1047,14 @@ impl<'a> Checker<'a> {
     /// strings without escapes; otherwise the whole string).
     fn string_span(&self, string_span: Span, offset: usize, len: usize) -> Span {
         let text = self.src.slice(string_span);
-        let (open, close) = if text.starts_with("\"\"\"") { (3, 3) } else { (1, 1) };
-        let inner = text.get(open..text.len().saturating_sub(close)).unwrap_or("");
+        let (open, close) = if text.starts_with("\"\"\"") {
+            (3, 3)
+        } else {
+            (1, 1)
+        };
+        let inner = text
+            .get(open..text.len().saturating_sub(close))
+            .unwrap_or("");
         if open == 3 || !inner.contains('\\') {
             let start = string_span.start + open + offset;
             Span::new(start, (start + len).min(string_span.end))
@@ -817,20 +1063,40 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn check_promql(&mut self, name: &str, t: &Template, span: Span, eval: &Evaluation, prom: Option<&PrometheusSource>) {
+    fn check_promql(
+        &mut self,
+        name: &str,
+        t: &Template,
+        span: Span,
+        prom: Option<&PrometheusSource>,
+    ) {
         let mut context_ok = true;
         for (var, ctx, offset) in t.vars() {
             let bad = match (var, ctx) {
                 (Var::Window, Context::Range) => None,
-                (Var::Window, _) => Some("`${window}` must be inside a range such as `[${window}]`".to_string()),
+                (Var::Window, _) => {
+                    Some("`${window}` must be inside a range such as `[${window}]`".to_string())
+                }
                 (_, Context::Str { .. } | Context::Regex { .. }) => None,
-                (_, Context::Raw) => Some(format!("`${{{}}}` inside a backtick string cannot be escaped; use double quotes", var.as_str())),
-                (_, _) => Some(format!("`${{{}}}` must be inside a quoted label value, e.g. `revision_name=\"${{{}}}\"`", var.as_str(), var.as_str())),
+                (_, Context::Raw) => Some(format!(
+                    "`${{{}}}` inside a backtick string cannot be escaped; use double quotes",
+                    var.as_str()
+                )),
+                (_, _) => Some(format!(
+                    "`${{{}}}` must be inside a quoted label value, e.g. `revision_name=\"${{{}}}\"`",
+                    var.as_str(),
+                    var.as_str()
+                )),
             };
             if let Some(msg) = bad {
                 context_ok = false;
                 let sp = self.string_span(span, offset, var.as_str().len() + 3);
-                self.err(Diagnostic::new(Code::PlaceholderContext, msg, sp, "placeholder in the wrong place"));
+                self.err(Diagnostic::new(
+                    Code::PlaceholderContext,
+                    msg,
+                    sp,
+                    "placeholder in the wrong place",
+                ));
             }
         }
         if !context_ok {
@@ -841,15 +1107,22 @@ impl<'a> Checker<'a> {
             namespace: "sample-ns",
             name: "sample",
             component: "predictor",
-            window: eval.window,
+            window: WINDOW_SENTINEL,
         };
         let rendered = t.render(&sample);
         match promql_parser::parser::parse(&rendered) {
             Err(e) => {
                 let first = e.lines().next().unwrap_or("").trim().to_string();
                 self.err(
-                    Diagnostic::new(Code::InvalidPromql, format!("query of metric `{name}` is not valid PromQL: {first}"), span, "invalid PromQL")
-                        .with_help(format!("after filling in placeholders the query reads: {rendered}")),
+                    Diagnostic::new(
+                        Code::InvalidPromql,
+                        format!("query of metric `{name}` is not valid PromQL: {first}"),
+                        span,
+                        "invalid PromQL",
+                    )
+                    .with_help(format!(
+                        "after filling in placeholders the query reads: {rendered}"
+                    )),
                 );
             }
             Ok(expr) => {
@@ -857,7 +1130,11 @@ impl<'a> Checker<'a> {
                 match expr.value_type() {
                     ValueType::Vector | ValueType::Scalar => {}
                     other => {
-                        let what = if other == ValueType::Matrix { "a range vector" } else { "a string" };
+                        let what = if other == ValueType::Matrix {
+                            "a range vector"
+                        } else {
+                            "a string"
+                        };
                         self.err(
                             Diagnostic::new(Code::InvalidPromql, format!("query of metric `{name}` returns {what}, not a number"), span, "not a number per revision")
                                 .with_help("wrap range selectors in a function such as `rate(...)` or `increase(...)` and aggregate with `sum(...)`"),
@@ -865,16 +1142,20 @@ impl<'a> Checker<'a> {
                         return;
                     }
                 }
+                // Literal ranges only: `${window}` ranges are checked once, on the windows
+                // themselves (see `check_windows`).
                 if let Some(scrape) = prom.and_then(|p| p.scrape_interval) {
                     let mut ranges = Vec::new();
                     collect_ranges(&expr, &mut ranges);
-                    if let Some(r) = ranges.into_iter().filter(|r| *r < scrape * 2).min() {
-                        let uses_window = t.vars().any(|(v, _, _)| v == Var::Window);
-                        let why = if uses_window && r == eval.window { " (`${window}` = evaluation window)" } else { "" };
+                    if let Some(r) = ranges
+                        .into_iter()
+                        .filter(|r| *r != WINDOW_SENTINEL && *r < scrape * 2)
+                        .min()
+                    {
                         self.err(Diagnostic::new(
                             Code::RateWindowTooShort,
                             format!(
-                                "metric `{name}` uses a {} range{why}, less than twice the {} scrape interval",
+                                "metric `{name}` uses a {} range, less than twice the {} scrape interval",
                                 human(r),
                                 human(scrape)
                             ),
@@ -898,7 +1179,9 @@ impl<'a> Checker<'a> {
             let [one] = path else { return Err(None) };
             match index.get(&one.name) {
                 Some(&j) => Ok((None, j, dims[j])),
-                None => Err(Some(pending.iter().map(|m| m.name.clone()).collect::<Vec<_>>())),
+                None => Err(Some(
+                    pending.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+                )),
             }
         })?;
         Some((to_metric_expr(&typed.0), typed.1))
@@ -908,26 +1191,36 @@ impl<'a> Checker<'a> {
     // Expressions
 
     /// Types an expression. `resolve` maps a path to (arm, metric id, metric dim).
-    #[allow(clippy::type_complexity)]
     fn typed(
         &mut self,
         e: &ast::Expr,
         ctx: Ctx,
-        resolve: &dyn Fn(&[ast::Ident]) -> Result<(Option<Arm>, usize, Option<Dim>), Option<Vec<String>>>,
+        resolve: &dyn Fn(&[ast::Ident]) -> Resolved,
     ) -> Option<(Expr, Dim)> {
         use ast::ExprKind as K;
         match &e.kind {
             K::Number(q) => Some(match q.unit {
                 None => (Expr::Const(q.value), Dim::Scalar),
                 Some(ast::UnitSuffix::Percent) => (Expr::Const(q.value / 100.0), Dim::Ratio),
-                Some(u) => (Expr::Const(q.value * u.millis().unwrap_or(1) as f64 / 1000.0), Dim::Time),
+                Some(u) => (
+                    Expr::Const(q.value * u.millis().unwrap_or(1) as f64 / 1000.0),
+                    Dim::Time,
+                ),
             }),
             K::Paren(x) => self.typed(x, ctx, resolve),
             K::Path(path) => self.path(e, path, ctx, resolve),
             K::Unary(ast::UnaryOp::Neg, x) => {
                 let (x, d) = self.typed(x, ctx, resolve)?;
                 if d == Dim::Bool {
-                    self.err(Diagnostic::new(Code::NotBoolean, "`-` applies to numbers, not conditions", e.span, "negated condition").with_help("use `not` to negate a condition"));
+                    self.err(
+                        Diagnostic::new(
+                            Code::NotBoolean,
+                            "`-` applies to numbers, not conditions",
+                            e.span,
+                            "negated condition",
+                        )
+                        .with_help("use `not` to negate a condition"),
+                    );
                     return None;
                 }
                 Some((Expr::Neg(Box::new(x)), d))
@@ -935,7 +1228,12 @@ impl<'a> Checker<'a> {
             K::Unary(ast::UnaryOp::Not, x) => {
                 let (x, d) = self.typed(x, ctx, resolve)?;
                 if d != Dim::Bool {
-                    self.err(Diagnostic::new(Code::NotBoolean, format!("`not` applies to conditions, but this is {}", d.describe()), x_span(e), "not a condition"));
+                    self.err(Diagnostic::new(
+                        Code::NotBoolean,
+                        format!("`not` applies to conditions, but this is {}", d.describe()),
+                        x_span(e),
+                        "not a condition",
+                    ));
                     return None;
                 }
                 Some((Expr::Not(Box::new(x)), Dim::Bool))
@@ -949,15 +1247,18 @@ impl<'a> Checker<'a> {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn path(
         &mut self,
         e: &ast::Expr,
         path: &[ast::Ident],
         ctx: Ctx,
-        resolve: &dyn Fn(&[ast::Ident]) -> Result<(Option<Arm>, usize, Option<Dim>), Option<Vec<String>>>,
+        resolve: &dyn Fn(&[ast::Ident]) -> Resolved,
     ) -> Option<(Expr, Dim)> {
-        let text = path.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(".");
+        let text = path
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
         match resolve(path) {
             Ok((arm, id, dim)) => {
                 let dim = dim?;
@@ -975,10 +1276,21 @@ impl<'a> Checker<'a> {
                 let names: Vec<&str> = known.iter().map(String::as_str).collect();
                 let help = match did_you_mean(metric, &names) {
                     Some(s) => format!("did you mean `{s}`?"),
-                    None if names.is_empty() => "no metrics are defined: add `use knative` or a `metric` declaration".to_string(),
+                    None if names.is_empty() => {
+                        "no metrics are defined: add `use knative` or a `metric` declaration"
+                            .to_string()
+                    }
                     None => format!("defined metrics: {}", names.join(", ")),
                 };
-                self.err(Diagnostic::new(Code::UnknownMetric, format!("unknown metric `{metric}`"), span, "not defined").with_help(help));
+                self.err(
+                    Diagnostic::new(
+                        Code::UnknownMetric,
+                        format!("unknown metric `{metric}`"),
+                        span,
+                        "not defined",
+                    )
+                    .with_help(help),
+                );
                 None
             }
             Err(None) => {
@@ -989,7 +1301,12 @@ impl<'a> Checker<'a> {
                         } else {
                             format!("`{text}` is not `canary.<metric>` or `stable.<metric>`")
                         };
-                        self.err(Diagnostic::new(Code::MissingArm, msg, e.span, "which revision?"));
+                        self.err(Diagnostic::new(
+                            Code::MissingArm,
+                            msg,
+                            e.span,
+                            "which revision?",
+                        ));
                     }
                     Ctx::Derived => {
                         self.err(
@@ -1024,43 +1341,75 @@ impl<'a> Checker<'a> {
                     if d != Dim::Bool {
                         self.err(Diagnostic::new(
                             Code::NotBoolean,
-                            format!("`{}` combines conditions, but this is {}", op.as_str(), d.describe()),
+                            format!(
+                                "`{}` combines conditions, but this is {}",
+                                op.as_str(),
+                                d.describe()
+                            ),
                             x.span,
                             "not a condition",
                         ));
                         return None;
                     }
                 }
-                Some((if op == B::And { Expr::And(bx(xa), bx(xb)) } else { Expr::Or(bx(xa), bx(xb)) }, Dim::Bool))
+                Some((
+                    if op == B::And {
+                        Expr::And(bx(xa), bx(xb))
+                    } else {
+                        Expr::Or(bx(xa), bx(xb))
+                    },
+                    Dim::Bool,
+                ))
             }
             _ if op.is_comparison() => {
                 if da == Dim::Bool || db == Dim::Bool {
                     let x = if da == Dim::Bool { a } else { b };
                     self.err(
-                        Diagnostic::new(Code::NotBoolean, format!("`{}` compares numbers, but this is a condition", op.as_str()), x.span, "a condition")
-                            .with_help("combine comparisons with `and` / `or`: `a > b and b > c`"),
+                        Diagnostic::new(
+                            Code::NotBoolean,
+                            format!(
+                                "`{}` compares numbers, but this is a condition",
+                                op.as_str()
+                            ),
+                            x.span,
+                            "a condition",
+                        )
+                        .with_help("combine comparisons with `and` / `or`: `a > b and b > c`"),
                     );
                     return None;
                 }
                 self.unify(op.as_str(), e, a, b, da, db)?;
                 // A ratio compared with a constant above 1 can never (or always) hold.
                 for (d, other) in [(da, &xb), (db, &xa)] {
-                    if d == Dim::Ratio {
-                        if let Some(v) = const_value(other) {
-                            if v > 1.0 {
-                                let other_span = if std::ptr::eq(other, &xb) { b.span } else { a.span };
-                                self.err(
-                                    Diagnostic::new(
-                                        Code::RatioAboveOne,
-                                        format!("a ratio is compared with {}, which is above 1", trim_float(v)),
-                                        other_span,
-                                        "above 1 (100%)",
-                                    )
-                                    .with_label(if std::ptr::eq(other, &xb) { a.span } else { b.span }, "a ratio between 0 and 1"),
-                                );
-                                return None;
-                            }
-                        }
+                    if d == Dim::Ratio
+                        && let Some(v) = const_value(other)
+                        && v > 1.0
+                    {
+                        let other_span = if std::ptr::eq(other, &xb) {
+                            b.span
+                        } else {
+                            a.span
+                        };
+                        self.err(
+                            Diagnostic::new(
+                                Code::RatioAboveOne,
+                                format!(
+                                    "a ratio is compared with {}, which is above 1",
+                                    trim_float(v)
+                                ),
+                                other_span,
+                                "above 1 (100%)",
+                            )
+                            .with_label(
+                                if std::ptr::eq(other, &xb) {
+                                    a.span
+                                } else {
+                                    b.span
+                                },
+                                "a ratio between 0 and 1",
+                            ),
+                        );
+                        return None;
                     }
                 }
                 let cmp = match op {
@@ -1075,7 +1424,11 @@ impl<'a> Checker<'a> {
             }
             B::Add | B::Sub => {
                 let d = self.unify(op.as_str(), e, a, b, da, db)?;
-                let aop = if op == B::Add { ArithOp::Add } else { ArithOp::Sub };
+                let aop = if op == B::Add {
+                    ArithOp::Add
+                } else {
+                    ArithOp::Sub
+                };
                 Some((Expr::Arith(aop, bx(xa), bx(xb)), d))
             }
             B::Mul => {
@@ -1105,24 +1458,52 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn bool_arith(&mut self, op: ast::BinaryOp, a: &ast::Expr, b: &ast::Expr, da: Dim) -> Option<(Expr, Dim)> {
+    fn bool_arith(
+        &mut self,
+        op: ast::BinaryOp,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        da: Dim,
+    ) -> Option<(Expr, Dim)> {
         let x = if da == Dim::Bool { a } else { b };
-        self.err(Diagnostic::new(Code::NotBoolean, format!("`{}` applies to numbers, but this is a condition", op.as_str()), x.span, "a condition"));
+        self.err(Diagnostic::new(
+            Code::NotBoolean,
+            format!(
+                "`{}` applies to numbers, but this is a condition",
+                op.as_str()
+            ),
+            x.span,
+            "a condition",
+        ));
         None
     }
 
     /// The common kind of two operands of `+`, `-` or a comparison.
-    fn unify(&mut self, op: &str, e: &ast::Expr, a: &ast::Expr, b: &ast::Expr, da: Dim, db: Dim) -> Option<Dim> {
+    fn unify(
+        &mut self,
+        op: &str,
+        e: &ast::Expr,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        da: Dim,
+        db: Dim,
+    ) -> Option<Dim> {
         match (da, db) {
             (x, y) if x == y => Some(x),
-            (Dim::Scalar, x @ (Dim::Ratio | Dim::Count | Dim::Rate)) | (x @ (Dim::Ratio | Dim::Count | Dim::Rate), Dim::Scalar) => Some(x),
+            (Dim::Scalar, x @ (Dim::Ratio | Dim::Count | Dim::Rate))
+            | (x @ (Dim::Ratio | Dim::Count | Dim::Rate), Dim::Scalar) => Some(x),
             (Dim::Scalar, Dim::Time) | (Dim::Time, Dim::Scalar) => {
                 let (num, other) = if da == Dim::Scalar { (a, b) } else { (b, a) };
                 let text = self.src.slice(num.span).to_string();
                 self.err(
-                    Diagnostic::new(Code::MissingUnit, format!("`{text}` has no unit, but is used with a duration"), num.span, "no unit")
-                        .with_label(other.span, "a duration")
-                        .with_help(format!("write the unit: `{text}ms` or `{text}s`")),
+                    Diagnostic::new(
+                        Code::MissingUnit,
+                        format!("`{text}` has no unit, but is used with a duration"),
+                        num.span,
+                        "no unit",
+                    )
+                    .with_label(other.span, "a duration")
+                    .with_help(format!("write the unit: `{text}ms` or `{text}s`")),
                 );
                 None
             }
@@ -1130,7 +1511,15 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn mismatch<T>(&mut self, op: &str, _e: &ast::Expr, a: &ast::Expr, b: &ast::Expr, da: Dim, db: Dim) -> Option<T> {
+    fn mismatch<T>(
+        &mut self,
+        op: &str,
+        _e: &ast::Expr,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        da: Dim,
+        db: Dim,
+    ) -> Option<T> {
         self.err(
             Diagnostic::new(
                 Code::UnitMismatch,
@@ -1146,35 +1535,49 @@ impl<'a> Checker<'a> {
     // ---------------------------------------------------------------------------------------
     // Rules
 
-    fn rule_resolver<'m>(metrics: &'m [Option<Metric>]) -> impl Fn(&[ast::Ident]) -> Result<(Option<Arm>, usize, Option<Dim>), Option<Vec<String>>> + 'm {
+    fn rule_resolver<'m>(metrics: &'m Table) -> impl Fn(&[ast::Ident]) -> Resolved + 'm {
         move |path: &[ast::Ident]| {
-            let [arm, metric] = path else { return Err(None) };
+            let [arm, metric] = path else {
+                return Err(None);
+            };
             let arm = match arm.name.as_str() {
                 "canary" => Arm::Canary,
                 "stable" => Arm::Stable,
                 _ => return Err(None),
             };
-            match metrics.iter().position(|m| m.as_ref().is_some_and(|m| m.name == metric.name)) {
-                Some(id) => Ok((Some(arm), id, metrics[id].as_ref().map(|m| m.dim))),
-                None => Err(Some(metrics.iter().flatten().map(|m| m.name.clone()).collect())),
+            match metrics.names.iter().position(|n| *n == metric.name) {
+                Some(id) => Ok((Some(arm), id, metrics.metrics[id].as_ref().map(|m| m.dim))),
+                // Already reported as an unknown preset; the name may come from it.
+                None if metrics.incomplete => Ok((Some(arm), 0, None)),
+                None => Err(Some(metrics.names.clone())),
             }
         }
     }
 
-    fn condition(&mut self, e: &ast::Expr, metrics: &[Option<Metric>], what: &str) -> Option<Expr> {
+    fn condition(&mut self, e: &ast::Expr, metrics: &Table, what: &str) -> Option<Expr> {
         let resolve = Self::rule_resolver(metrics);
         let (x, d) = self.typed(e, Ctx::Rule, &resolve)?;
         if d != Dim::Bool {
             self.err(
-                Diagnostic::new(Code::NotBoolean, format!("{what} must be a condition, but this is {}", d.describe()), e.span, "not a condition")
-                    .with_help("compare it: e.g. `canary.error_rate > 1.5 * stable.error_rate`"),
+                Diagnostic::new(
+                    Code::NotBoolean,
+                    format!("{what} must be a condition, but this is {}", d.describe()),
+                    e.span,
+                    "not a condition",
+                )
+                .with_help("compare it: e.g. `canary.error_rate > 1.5 * stable.error_rate`"),
             );
             return None;
         }
         Some(x)
     }
 
-    fn rules(&mut self, decls: &[&ast::RuleDecl], metrics: &[Option<Metric>], eval: &Evaluation) -> Option<Vec<Rule>> {
+    fn rules(
+        &mut self,
+        decls: &[&ast::RuleDecl],
+        metrics: &Table,
+        eval: &Evaluation,
+    ) -> Option<Vec<Rule>> {
         let mut names: HashMap<String, Span> = HashMap::new();
         let mut out = Vec::new();
         let mut ok = true;
@@ -1184,9 +1587,14 @@ impl<'a> Checker<'a> {
                     if let Some(prev) = names.get(&n.name) {
                         let prev = *prev;
                         self.err(
-                            Diagnostic::new(Code::Duplicate, format!("rule `{}` is defined twice", n.name), n.span, "defined again here")
-                                .with_label(prev, "first defined here")
-                                .with_help("give each rule its own name"),
+                            Diagnostic::new(
+                                Code::Duplicate,
+                                format!("rule `{}` is defined twice", n.name),
+                                n.span,
+                                "defined again here",
+                            )
+                            .with_label(prev, "first defined here")
+                            .with_help("give each rule its own name"),
                         );
                         ok = false;
                     }
@@ -1203,7 +1611,13 @@ impl<'a> Checker<'a> {
         ok.then_some(out)
     }
 
-    fn rule(&mut self, d: &ast::RuleDecl, name: String, metrics: &[Option<Metric>], eval: &Evaluation) -> Option<Rule> {
+    fn rule(
+        &mut self,
+        d: &ast::RuleDecl,
+        name: String,
+        metrics: &Table,
+        eval: &Evaluation,
+    ) -> Option<Rule> {
         let mut when: Option<(&ast::Expr, Option<&ast::Quantity>, Span)> = None;
         let mut guards = Vec::new();
         let mut persistence = None;
@@ -1225,13 +1639,18 @@ impl<'a> Checker<'a> {
                 if let Some(prev) = seen.get(key) {
                     let prev = *prev;
                     self.err(
-                        Diagnostic::new(Code::Duplicate, format!("`{key}` appears twice in rule `{name}`"), st.span(), "again here")
-                            .with_label(prev, "first here")
-                            .with_help(if key == "when" {
-                                "combine the conditions with `or`, or write two rules"
-                            } else {
-                                "keep one of them"
-                            }),
+                        Diagnostic::new(
+                            Code::Duplicate,
+                            format!("`{key}` appears twice in rule `{name}`"),
+                            st.span(),
+                            "again here",
+                        )
+                        .with_label(prev, "first here")
+                        .with_help(if key == "when" {
+                            "combine the conditions with `or`, or write two rules"
+                        } else {
+                            "keep one of them"
+                        }),
                     );
                     ok = false;
                     continue;
@@ -1239,22 +1658,47 @@ impl<'a> Checker<'a> {
                 seen.insert(key, st.span());
             }
             match st {
-                ast::RuleStmt::When { cond, confidence, span } => when = Some((cond, confidence.as_ref(), *span)),
+                ast::RuleStmt::When {
+                    cond,
+                    confidence,
+                    span,
+                } => when = Some((cond, confidence.as_ref(), *span)),
                 ast::RuleStmt::Require(e, _) => match self.condition(e, metrics, "`require`") {
                     Some(x) => guards.push(x),
                     None => ok = false,
                 },
-                ast::RuleStmt::For(q, _) => persistence = self.duration(q, "for").or_else(|| { ok = false; None }),
-                ast::RuleStmt::Window(q, _) => window = self.duration(q, "window").or_else(|| { ok = false; None }),
+                ast::RuleStmt::For(q, _) => {
+                    persistence = self.duration(q, "for").or_else(|| {
+                        ok = false;
+                        None
+                    })
+                }
+                ast::RuleStmt::Window(q, _) => {
+                    window = self.duration(q, "window").or_else(|| {
+                        ok = false;
+                        None
+                    })
+                }
                 ast::RuleStmt::Failures { count, mode, .. } => {
-                    failures = self.count(count, "failures").map(|n| (n, *mode)).or_else(|| { ok = false; None })
+                    failures = self
+                        .count(count, "failures")
+                        .map(|n| (n, *mode))
+                        .or_else(|| {
+                            ok = false;
+                            None
+                        })
                 }
                 ast::RuleStmt::Action(a, _) => action = Some(Action::from(a.action)),
             }
         }
         let Some((cond_ast, confidence, _)) = when else {
             let span = d.name.as_ref().map_or(d.span, |n| n.span);
-            self.err(Diagnostic::new(Code::MissingCondition, format!("rule `{name}` has no `when` condition"), span, "no `when`"));
+            self.err(Diagnostic::new(
+                Code::MissingCondition,
+                format!("rule `{name}` has no `when` condition"),
+                span,
+                "no `when`",
+            ));
             return None;
         };
         let condition = self.condition(cond_ast, metrics, "`when`");
@@ -1283,50 +1727,100 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn statistical(&mut self, e: &ast::Expr, cond: &Expr, c: &ast::Quantity, metrics: &[Option<Metric>]) -> Option<Statistical> {
+    fn statistical(
+        &mut self,
+        e: &ast::Expr,
+        cond: &Expr,
+        c: &ast::Quantity,
+        metrics: &Table,
+    ) -> Option<Statistical> {
         let confidence = match c.unit {
             Some(ast::UnitSuffix::Percent) => c.value / 100.0,
             None if c.value < 1.0 => c.value,
             _ => f64::NAN,
         };
         if !(0.5..=0.9999).contains(&confidence) {
-            self.err(Diagnostic::new(Code::InvalidConfidence, format!("confidence `{}` is out of range", c.text()), c.span, "between 50% and 99.99%"));
+            self.err(Diagnostic::new(
+                Code::InvalidConfidence,
+                format!("confidence `{}` is out of range", c.text()),
+                c.span,
+                "between 50% and 99.99%",
+            ));
             return None;
         }
         let bad = |this: &mut Self, why: &str| {
-            this.err(
-                Diagnostic::new(Code::InvalidStatistical, format!("`with confidence` cannot judge this condition: {why}"), e.span, "unsupported statistical form"),
-            );
+            this.err(Diagnostic::new(
+                Code::InvalidStatistical,
+                format!("`with confidence` cannot judge this condition: {why}"),
+                e.span,
+                "unsupported statistical form",
+            ));
             None
         };
         let Expr::Cmp(CmpOp::Gt | CmpOp::Ge, lhs, rhs) = cond else {
             return bad(self, "it must be `canary.<ratio> > ...`");
         };
-        let Expr::Metric { arm: Arm::Canary, metric } = **lhs else {
+        let Expr::Metric {
+            arm: Arm::Canary,
+            metric,
+        } = **lhs
+        else {
             return bad(self, "the left side must be `canary.<ratio>`");
         };
         let baseline = match &**rhs {
-            Expr::Metric { arm: Arm::Stable, metric: m } if *m == metric => StatBaseline::Relative { factor: 1.0 },
+            Expr::Metric {
+                arm: Arm::Stable,
+                metric: m,
+            } if *m == metric => StatBaseline::Relative { factor: 1.0 },
             Expr::Arith(ArithOp::Mul, k, s) | Expr::Arith(ArithOp::Mul, s, k)
-                if matches!(**s, Expr::Metric { arm: Arm::Stable, metric: m } if m == metric) && const_value(k).is_some() =>
+                if matches!(**s, Expr::Metric { arm: Arm::Stable, metric: m } if m == metric)
+                    && const_value(k).is_some() =>
             {
-                StatBaseline::Relative { factor: const_value(k).unwrap_or(1.0) }
+                StatBaseline::Relative {
+                    factor: const_value(k).unwrap_or(1.0),
+                }
             }
             other => match const_value(other) {
                 Some(t) => StatBaseline::Absolute { threshold: t },
-                None => return bad(self, "the right side must be `K * stable.<same ratio>`, `stable.<same ratio>` or a constant"),
+                None => {
+                    return bad(
+                        self,
+                        "the right side must be `K * stable.<same ratio>`, `stable.<same ratio>` or a constant",
+                    );
+                }
             },
         };
-        let Some(m) = metrics.get(metric).and_then(Option::as_ref) else { return None };
+        let m = metrics.metrics.get(metric).and_then(Option::as_ref)?;
         let MetricKind::Derived(MetricExpr::Arith(ArithOp::Div, num, den)) = &m.kind else {
-            return bad(self, &format!("`{}` is not a ratio of two counted metrics (`errors / requests`)", m.name));
+            return bad(
+                self,
+                &format!(
+                    "`{}` is not a ratio of two counted metrics (`errors / requests`)",
+                    m.name
+                ),
+            );
         };
         let (MetricExpr::Metric(num), MetricExpr::Metric(den)) = (&**num, &**den) else {
-            return bad(self, &format!("`{}` is not a ratio of two counted metrics", m.name));
+            return bad(
+                self,
+                &format!("`{}` is not a ratio of two counted metrics", m.name),
+            );
         };
-        let unit = |i: usize| metrics.get(i).and_then(Option::as_ref).map(|m| m.unit);
+        let unit = |i: usize| {
+            metrics
+                .metrics
+                .get(i)
+                .and_then(Option::as_ref)
+                .map(|m| m.unit)
+        };
         if unit(*num) != Some(Unit::Count) || unit(*den) != Some(Unit::Count) {
-            return bad(self, &format!("`{}` divides metrics that are not counts (`unit = count`)", m.name));
+            return bad(
+                self,
+                &format!(
+                    "`{}` divides metrics that are not counts (`unit = count`)",
+                    m.name
+                ),
+            );
         }
         Some(Statistical {
             ratio: metric,
@@ -1355,9 +1849,14 @@ impl<'a> Checker<'a> {
             if let Some(prev) = seen.get(&o.kind) {
                 let prev = *prev;
                 self.err(
-                    Diagnostic::new(Code::Duplicate, format!("`on {}` is declared twice", o.kind.keyword()), o.kind_span, "again here")
-                        .with_label(prev, "first here")
-                        .with_help("keep one response per kind of failure"),
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("`on {}` is declared twice", o.kind.keyword()),
+                        o.kind_span,
+                        "again here",
+                    )
+                    .with_label(prev, "first here")
+                    .with_help("keep one response per kind of failure"),
                 );
                 continue;
             }
@@ -1365,8 +1864,13 @@ impl<'a> Checker<'a> {
             let resp = match &o.response {
                 ast::OnResponse::Act(a) => Response::Act(a.action.into()),
                 ast::OnResponse::Hold { limit: None, .. } => Response::Hold { limit: None },
-                ast::OnResponse::Hold { limit: Some((d, a)), .. } => match self.duration(d, "hold") {
-                    Some(d) => Response::Hold { limit: Some((d, a.action.into())) },
+                ast::OnResponse::Hold {
+                    limit: Some((d, a)),
+                    ..
+                } => match self.duration(d, "hold") {
+                    Some(d) => Response::Hold {
+                        limit: Some((d, a.action.into())),
+                    },
                     None => continue,
                 },
             };
@@ -1383,7 +1887,12 @@ impl<'a> Checker<'a> {
     // ---------------------------------------------------------------------------------------
     // Steps
 
-    fn steps(&mut self, decl: &ast::StepsDecl, metrics: &[Option<Metric>], rules: &Option<Vec<Rule>>) -> Option<Vec<Step>> {
+    fn steps(
+        &mut self,
+        decl: &ast::StepsDecl,
+        metrics: &Table,
+        rules: &Option<Vec<Rule>>,
+    ) -> Option<Vec<Step>> {
         let mut out = Vec::new();
         let mut ok = true;
         let mut last_traffic: Option<(f64, Span)> = None;
@@ -1392,8 +1901,13 @@ impl<'a> Checker<'a> {
             let sp = step.span();
             if let Some(p) = promoted {
                 self.err(
-                    Diagnostic::new(Code::StepAfterPromote, "step after `promote`", sp, "never reached")
-                        .with_label(p, "the rollout ends here"),
+                    Diagnostic::new(
+                        Code::StepAfterPromote,
+                        "step after `promote`",
+                        sp,
+                        "never reached",
+                    )
+                    .with_label(p, "the rollout ends here"),
                 );
                 ok = false;
                 continue;
@@ -1402,8 +1916,13 @@ impl<'a> Checker<'a> {
                 ast::Step::Traffic(q, _) => {
                     if q.unit != Some(ast::UnitSuffix::Percent) {
                         self.err(
-                            Diagnostic::new(Code::InvalidValue, format!("`traffic` expects a percentage, found `{}`", q.text()), q.span, "expected a percentage")
-                                .with_help(format!("write `traffic {}%`", q.digits)),
+                            Diagnostic::new(
+                                Code::InvalidValue,
+                                format!("`traffic` expects a percentage, found `{}`", q.text()),
+                                q.span,
+                                "expected a percentage",
+                            )
+                            .with_help(format!("write `traffic {}%`", q.digits)),
                         );
                         ok = false;
                         continue;
@@ -1417,23 +1936,35 @@ impl<'a> Checker<'a> {
                         } else {
                             "canary traffic is a whole percentage (KServe's canaryTrafficPercent is an integer)"
                         };
-                        self.err(Diagnostic::new(Code::TrafficOutOfRange, format!("traffic {} is outside 1%..99%", q.text()), q.span, "out of range").with_help(help));
+                        self.err(
+                            Diagnostic::new(
+                                Code::TrafficOutOfRange,
+                                format!("traffic {} is outside 1%..99%", q.text()),
+                                q.span,
+                                "out of range",
+                            )
+                            .with_help(help),
+                        );
                         ok = false;
                         continue;
                     }
-                    if let Some((prev, prev_span)) = last_traffic {
-                        if v <= prev {
-                            self.err(
-                                Diagnostic::new(
-                                    Code::StepsNotIncreasing,
-                                    format!("traffic {} does not increase from {}%", q.text(), trim_float(prev)),
-                                    q.span,
-                                    "not larger than the step before",
-                                )
-                                .with_label(prev_span, "previous traffic step"),
-                            );
-                            ok = false;
-                        }
+                    if let Some((prev, prev_span)) = last_traffic
+                        && v <= prev
+                    {
+                        self.err(
+                            Diagnostic::new(
+                                Code::StepsNotIncreasing,
+                                format!(
+                                    "traffic {} does not increase from {}%",
+                                    q.text(),
+                                    trim_float(prev)
+                                ),
+                                q.span,
+                                "not larger than the step before",
+                            )
+                            .with_label(prev_span, "previous traffic step"),
+                        );
+                        ok = false;
                     }
                     last_traffic = Some((v, q.span));
                     StepKind::Traffic { percent: v as u8 }
@@ -1452,8 +1983,15 @@ impl<'a> Checker<'a> {
                             }
                             let a = match a {
                                 Some(a) if a.action == ast::Action::Warn => {
-                                    self.err(Diagnostic::new(Code::InvalidValue, "`else warn` would continue without approval", a.span, "not allowed here")
-                                        .with_help("use `else rollback` or `else pause`"));
+                                    self.err(
+                                        Diagnostic::new(
+                                            Code::InvalidValue,
+                                            "`else warn` would continue without approval",
+                                            a.span,
+                                            "not allowed here",
+                                        )
+                                        .with_help("use `else rollback` or `else pause`"),
+                                    );
                                     ok = false;
                                     Action::Rollback
                                 }
@@ -1481,24 +2019,37 @@ impl<'a> Checker<'a> {
         if promoted.is_none() {
             let end = Span::new(decl.span.end.saturating_sub(1), decl.span.end);
             self.err(
-                Diagnostic::new(Code::NoPromotion, "the steps never promote the canary", decl.keyword_span, "no `promote` step")
-                    .with_label(end, "add `promote` before this `}`"),
+                Diagnostic::new(
+                    Code::NoPromotion,
+                    "the steps never promote the canary",
+                    decl.keyword_span,
+                    "no `promote` step",
+                )
+                .with_label(end, "add `promote` before this `}`"),
             );
             ok = false;
         }
         ok.then_some(out)
     }
 
-    fn hold(&mut self, h: &ast::Hold, metrics: &[Option<Metric>], rules: &Option<Vec<Rule>>) -> Option<Hold> {
+    fn hold(&mut self, h: &ast::Hold, metrics: &Table, rules: &Option<Vec<Rule>>) -> Option<Hold> {
         let mut ok = true;
         let min = match &h.duration {
-            Some(q) => self.duration(q, "hold").or_else(|| { ok = false; None }),
+            Some(q) => self.duration(q, "hold").or_else(|| {
+                ok = false;
+                None
+            }),
             None => None,
         };
         if h.duration.is_none() && h.until.is_none() {
             self.err(
-                Diagnostic::new(Code::InvalidValue, "`hold` needs a duration or a traffic condition", h.span, "hold for how long?")
-                    .with_help("write `hold 5m` or `hold until canary.requests >= 2000 max 30m`"),
+                Diagnostic::new(
+                    Code::InvalidValue,
+                    "`hold` needs a duration or a traffic condition",
+                    h.span,
+                    "hold for how long?",
+                )
+                .with_help("write `hold 5m` or `hold until canary.requests >= 2000 max 30m`"),
             );
             return None;
         }
@@ -1509,8 +2060,13 @@ impl<'a> Checker<'a> {
                 let otherwise = match u.otherwise {
                     Some(a) if a.action == ast::Action::Warn => {
                         self.err(
-                            Diagnostic::new(Code::InvalidValue, "`else warn` would advance without enough measurement", a.span, "not allowed here")
-                                .with_help("use `else rollback` (the default) or `else pause`"),
+                            Diagnostic::new(
+                                Code::InvalidValue,
+                                "`else warn` would advance without enough measurement",
+                                a.span,
+                                "not allowed here",
+                            )
+                            .with_help("use `else rollback` (the default) or `else pause`"),
                         );
                         ok = false;
                         Action::Rollback
@@ -1518,14 +2074,27 @@ impl<'a> Checker<'a> {
                     Some(a) => a.action.into(),
                     None => Action::Rollback,
                 };
-                if let (Some(min), Some(max)) = (min, max) {
-                    if max < min {
-                        self.err(Diagnostic::new(Code::InvalidValue, format!("`max {}` is shorter than the hold's minimum {}", human(max), human(min)), u.max.span, "shorter than the minimum"));
-                        ok = false;
-                    }
+                if let (Some(min), Some(max)) = (min, max)
+                    && max < min
+                {
+                    self.err(Diagnostic::new(
+                        Code::InvalidValue,
+                        format!(
+                            "`max {}` is shorter than the hold's minimum {}",
+                            human(max),
+                            human(min)
+                        ),
+                        u.max.span,
+                        "shorter than the minimum",
+                    ));
+                    ok = false;
                 }
                 match (cond, max) {
-                    (Some(condition), Some(max)) => Some(HoldUntil { condition, max, otherwise }),
+                    (Some(condition), Some(max)) => Some(HoldUntil {
+                        condition,
+                        max,
+                        otherwise,
+                    }),
                     _ => {
                         ok = false;
                         None
@@ -1539,15 +2108,30 @@ impl<'a> Checker<'a> {
         for o in &h.overrides {
             let Some(name) = &o.name else {
                 self.err(
-                    Diagnostic::new(Code::UnknownRule, "an override must name the rule it changes", o.span, "which rule?")
-                        .with_help("write `rule <Name> { action rollback }` with the name of a top-level rule"),
+                    Diagnostic::new(
+                        Code::UnknownRule,
+                        "an override must name the rule it changes",
+                        o.span,
+                        "which rule?",
+                    )
+                    .with_help(
+                        "write `rule <Name> { action rollback }` with the name of a top-level rule",
+                    ),
                 );
                 ok = false;
                 continue;
             };
             if let Some(prev) = seen.get(&name.name) {
                 let prev = *prev;
-                self.err(Diagnostic::new(Code::Duplicate, format!("rule `{}` is overridden twice in this hold", name.name), name.span, "again here").with_label(prev, "first here"));
+                self.err(
+                    Diagnostic::new(
+                        Code::Duplicate,
+                        format!("rule `{}` is overridden twice in this hold", name.name),
+                        name.span,
+                        "again here",
+                    )
+                    .with_label(prev, "first here"),
+                );
                 ok = false;
                 continue;
             }
@@ -1562,7 +2146,15 @@ impl<'a> Checker<'a> {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("rules: {}", names.join(", ")),
                 };
-                self.err(Diagnostic::new(Code::UnknownRule, format!("no rule named `{}` to override", name.name), name.span, "unknown rule").with_help(help));
+                self.err(
+                    Diagnostic::new(
+                        Code::UnknownRule,
+                        format!("no rule named `{}` to override", name.name),
+                        name.span,
+                        "unknown rule",
+                    )
+                    .with_help(help),
+                );
                 ok = false;
                 continue;
             };
@@ -1587,7 +2179,14 @@ impl<'a> Checker<'a> {
                     ast::RuleStmt::Window(q, _) => ov.window = self.duration(q, "window"),
                     ast::RuleStmt::Failures { count, mode, .. } => {
                         ov.failures = self.count(count, "failures").map(|n| {
-                            (n, if *mode == Some(ast::FailureMode::Total) { FailureMode::Total } else { FailureMode::Consecutive })
+                            (
+                                n,
+                                if *mode == Some(ast::FailureMode::Total) {
+                                    FailureMode::Total
+                                } else {
+                                    FailureMode::Consecutive
+                                },
+                            )
                         })
                     }
                     ast::RuleStmt::Require(e, _) => {
@@ -1610,12 +2209,20 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// The window rendered into `${window}` when validating a template: a duration no one writes, so
+/// ranges that come from `${window}` can be told apart from literal ones.
+const WINDOW_SENTINEL: Duration = Duration::from_millis(7_919_993);
+
 fn x_span(e: &ast::Expr) -> Span {
     e.span
 }
 
 fn placeholder_list() -> String {
-    Var::ALL.iter().map(|v| format!("${{{}}}", v.as_str())).collect::<Vec<_>>().join(", ")
+    Var::ALL
+        .iter()
+        .map(|v| format!("${{{}}}", v.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn collect_paths<'e>(e: &'e ast::Expr, out: &mut Vec<&'e [ast::Ident]>) {
@@ -1681,7 +2288,11 @@ fn to_metric_expr(e: &Expr) -> MetricExpr {
     match e {
         Expr::Metric { metric, .. } => MetricExpr::Metric(*metric),
         Expr::Neg(x) => MetricExpr::Neg(Box::new(to_metric_expr(x))),
-        Expr::Arith(op, a, b) => MetricExpr::Arith(*op, Box::new(to_metric_expr(a)), Box::new(to_metric_expr(b))),
+        Expr::Arith(op, a, b) => MetricExpr::Arith(
+            *op,
+            Box::new(to_metric_expr(a)),
+            Box::new(to_metric_expr(b)),
+        ),
         Expr::Const(v) => MetricExpr::Const(*v),
         // Derived metrics are checked to be numeric before conversion.
         Expr::Cmp(..) | Expr::And(..) | Expr::Or(..) | Expr::Not(..) => MetricExpr::Const(f64::NAN),
@@ -1696,7 +2307,7 @@ fn trim_float(v: f64) -> String {
 /// A duration as people write it in policies: `90s`, `5m`, `1h30m`.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut s = ms / 1000;
@@ -1707,13 +2318,18 @@ pub fn human(d: Duration) -> String {
             s %= secs;
         }
     }
-    if out.is_empty() { "0s".to_string() } else { out }
+    if out.is_empty() {
+        "0s".to_string()
+    } else {
+        out
+    }
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

@@ -8,7 +8,12 @@ use rollout_syntax::ast;
 use crate::check::{Checker, human};
 use crate::model::*;
 
-pub(crate) fn run(c: &mut Checker<'_>, p: &Policy, file: &ast::File, steps: Option<&ast::StepsDecl>) {
+pub(crate) fn run(
+    c: &mut Checker<'_>,
+    p: &Policy,
+    file: &ast::File,
+    steps: Option<&ast::StepsDecl>,
+) {
     let rule_decls: Vec<&ast::RuleDecl> = file
         .rollout
         .items
@@ -25,6 +30,65 @@ pub(crate) fn run(c: &mut Checker<'_>, p: &Policy, file: &ast::File, steps: Opti
     }
     unused_metrics(c, p);
     no_rollback(c, p, file);
+    short_windows(c, p, file, &rule_decls);
+}
+
+/// R2003 for `${window}`: the evaluation window and rule windows must cover two scrapes.
+fn short_windows(c: &mut Checker<'_>, p: &Policy, file: &ast::File, decls: &[&ast::RuleDecl]) {
+    let Some(scrape) = p.prometheus.scrape_interval else {
+        return;
+    };
+    let uses_window = p.metrics.iter().any(|m| match &m.kind {
+        MetricKind::Query(t) => t.vars().any(|(v, _, _)| v == crate::template::Var::Window),
+        MetricKind::Derived(_) => false,
+    });
+    if !uses_window {
+        return;
+    }
+    let setting = |kind: ast::BlockKind, key: &str| {
+        file.rollout.items.iter().find_map(|i| match i {
+            ast::Item::Block(b) if b.kind == kind => b
+                .settings
+                .iter()
+                .find(|s| s.key.name == key)
+                .map(|s| s.value.span()),
+            _ => None,
+        })
+    };
+    let warn = |c: &mut Checker<'_>, window: std::time::Duration, span, what: &str| {
+        c.diags.push(Diagnostic::new(
+            Code::RateWindowTooShort,
+            format!(
+                "{what} {} is less than twice the {} scrape interval; `[${{window}}]` ranges see too few samples",
+                human(window),
+                human(scrape)
+            ),
+            span,
+            "window too short for the scrape interval",
+        ));
+    };
+    if p.evaluation.window < scrape * 2 {
+        let span = setting(ast::BlockKind::Evaluation, "window")
+            .or_else(|| setting(ast::BlockKind::Prometheus, "scrape_interval"))
+            .unwrap_or(file.rollout.name.span);
+        warn(c, p.evaluation.window, span, "the evaluation window");
+    }
+    for (rule, decl) in p.rules.iter().zip(decls) {
+        let span = decl.stmts.iter().find_map(|s| match s {
+            ast::RuleStmt::Window(_, sp) => Some(*sp),
+            _ => None,
+        });
+        if let Some(span) = span
+            && rule.window < scrape * 2
+        {
+            warn(
+                c,
+                rule.window,
+                span,
+                &format!("the window of rule `{}`", rule.name),
+            );
+        }
+    }
 }
 
 /// R2001: a non-statistical rule without `require` can be decided by a handful of requests.
@@ -53,7 +117,9 @@ fn for_longer_than_hold(c: &mut Checker<'_>, p: &Policy, decls: &[&ast::RuleDecl
             _ => None,
         });
         for step in &p.steps {
-            let StepKind::Hold(h) = &step.kind else { continue };
+            let StepKind::Hold(h) = &step.kind else {
+                continue;
+            };
             if h.until.is_some() {
                 continue;
             }
@@ -94,8 +160,13 @@ fn unmeasured_steps(c: &mut Checker<'_>, steps: &ast::StepsDecl) {
             ast::Step::Traffic(..) | ast::Step::Promote(_) => {
                 if let Some(t) = pending.take() {
                     c.diags.push(
-                        Diagnostic::new(Code::UnmeasuredStep, "this traffic step is never measured", t.span(), "no `hold` follows")
-                            .with_label(step.span(), "traffic changes again here"),
+                        Diagnostic::new(
+                            Code::UnmeasuredStep,
+                            "this traffic step is never measured",
+                            t.span(),
+                            "no `hold` follows",
+                        )
+                        .with_label(step.span(), "traffic changes again here"),
                     );
                 }
                 if matches!(step, ast::Step::Traffic(..)) {
@@ -152,8 +223,13 @@ fn unused_metrics(c: &mut Checker<'_>, p: &Policy) {
     for (id, m) in p.metrics.iter().enumerate() {
         if m.origin == Origin::User && !used.contains(&id) {
             c.diags.push(
-                Diagnostic::new(Code::UnusedMetric, format!("metric `{}` is never used", m.name), m.span, "defined but not used")
-                    .with_help("use it in a rule, or remove it"),
+                Diagnostic::new(
+                    Code::UnusedMetric,
+                    format!("metric `{}` is never used", m.name),
+                    m.span,
+                    "defined but not used",
+                )
+                .with_help("use it in a rule, or remove it"),
             );
         }
     }
@@ -175,7 +251,10 @@ fn metric_deps(e: &MetricExpr, out: &mut Vec<MetricId>) {
 fn no_rollback(c: &mut Checker<'_>, p: &Policy, file: &ast::File) {
     let rule_rolls_back = p.rules.iter().any(|r| r.action == Action::Rollback);
     let override_rolls_back = p.steps.iter().any(|s| match &s.kind {
-        StepKind::Hold(h) => h.overrides.iter().any(|o| o.action == Some(Action::Rollback)),
+        StepKind::Hold(h) => h
+            .overrides
+            .iter()
+            .any(|o| o.action == Some(Action::Rollback)),
         _ => false,
     });
     if !rule_rolls_back && !override_rolls_back {

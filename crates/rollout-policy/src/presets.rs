@@ -1,7 +1,40 @@
 //! Metric presets: the common metric families, so a policy can say `use knative` and refer to
 //! `requests`, `errors`, `error_rate`, `latency_p50/p95/p99` and `rps` per arm.
 
+use std::sync::LazyLock;
+
 use crate::model::Unit;
+use crate::template::Template;
+
+/// A preset's metrics with their templates split once per process (`None` for derived metrics).
+pub type Parsed = Vec<(PresetMetric, Option<Template>)>;
+
+static KNATIVE: LazyLock<Parsed> = LazyLock::new(|| parse_all("knative"));
+static ISTIO: LazyLock<Parsed> = LazyLock::new(|| parse_all("istio"));
+
+fn parse_all(name: &str) -> Parsed {
+    preset(name)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(m, def)| {
+            let t = if m.derived {
+                None
+            } else {
+                Template::parse(&def).ok()
+            };
+            (m, t)
+        })
+        .collect()
+}
+
+/// A preset's metrics, templates already split.
+pub fn parsed(name: &str) -> Option<&'static Parsed> {
+    match name {
+        "knative" => Some(&KNATIVE),
+        "istio" => Some(&ISTIO),
+        _ => None,
+    }
+}
 
 /// A preset metric definition.
 #[derive(Clone, Copy, Debug)]
@@ -50,9 +83,12 @@ pub fn preset(name: &str) -> Option<Vec<(PresetMetric, String)>> {
         derived,
     };
     let latency_q = |quantile: &str| {
-        fill("histogram_quantile(QQ, sum by (le) (rate(LAT{SEL}[${window}])))", sel)
-            .replace("QQ", quantile)
-            .replace("LAT", latency)
+        fill(
+            "histogram_quantile(QQ, sum by (le) (rate(LAT{SEL}[${window}])))",
+            sel,
+        )
+        .replace("QQ", quantile)
+        .replace("LAT", latency)
     };
     Some(vec![
         (
@@ -61,9 +97,19 @@ pub fn preset(name: &str) -> Option<Vec<(PresetMetric, String)>> {
         ),
         (
             m("errors", Unit::Count, false),
-            fill("sum(increase(CNT{SEL}[${window}]))", &errors_sel).replace("CNT", count),
+            // A 5xx series exists only after the first 5xx: `or vector(0)` makes "no errors yet"
+            // zero instead of no data. A revision without traffic still has no data, because
+            // `requests` (the denominator of `error_rate`) is empty then.
+            fill(
+                "sum(increase(CNT{SEL}[${window}])) or vector(0)",
+                &errors_sel,
+            )
+            .replace("CNT", count),
         ),
-        (m("error_rate", Unit::Ratio, true), "errors / requests".to_string()),
+        (
+            m("error_rate", Unit::Ratio, true),
+            "errors / requests".to_string(),
+        ),
         (m("latency_p50", Unit::Ms, false), latency_q("0.5")),
         (m("latency_p95", Unit::Ms, false), latency_q("0.95")),
         (m("latency_p99", Unit::Ms, false), latency_q("0.99")),
@@ -72,4 +118,40 @@ pub fn preset(name: &str) -> Option<Vec<(PresetMetric, String)>> {
             fill("sum(rate(CNT{SEL}[${window}]))", sel).replace("CNT", count),
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::template::{Template, Vars};
+
+    /// The checker trusts preset templates without parsing them; this is why it may.
+    #[test]
+    fn every_preset_template_is_valid_promql_returning_a_vector() {
+        for name in PRESETS {
+            for (m, def) in preset(name).expect("preset") {
+                if m.derived {
+                    continue;
+                }
+                let t = Template::parse(&def).expect("template");
+                let q = t.render(&Vars {
+                    revision: "sklearn-iris-predictor-00002",
+                    namespace: "kserve-test",
+                    name: "sklearn-iris",
+                    component: "predictor",
+                    window: Duration::from_secs(60),
+                });
+                let e = promql_parser::parser::parse(&q)
+                    .unwrap_or_else(|err| panic!("{name}.{}: {err}\n{q}", m.name));
+                assert_eq!(
+                    e.value_type(),
+                    promql_parser::parser::value::ValueType::Vector,
+                    "{name}.{}",
+                    m.name
+                );
+            }
+        }
+    }
 }

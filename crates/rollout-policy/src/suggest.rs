@@ -31,8 +31,14 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("eror_rate", &["error_rate", "requests"]), Some("error_rate"));
-        assert_eq!(did_you_mean("namespce", &["name", "namespace"]), Some("namespace"));
+        assert_eq!(
+            did_you_mean("eror_rate", &["error_rate", "requests"]),
+            Some("error_rate")
+        );
+        assert_eq!(
+            did_you_mean("namespce", &["name", "namespace"]),
+            Some("namespace")
+        );
         assert_eq!(did_you_mean("zzz", &["error_rate"]), None);
     }
 }

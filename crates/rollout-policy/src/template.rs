@@ -320,11 +320,11 @@ pub fn promql_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "1ms".to_string()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -381,7 +381,8 @@ mod tests {
 
     #[test]
     fn values_are_escaped_for_their_context() {
-        let t = Template::parse(r#"x{a="${revision}",b=~"${revision}"}[${window}]"#).expect("valid");
+        let t =
+            Template::parse(r#"x{a="${revision}",b=~"${revision}"}[${window}]"#).expect("valid");
         let out = t.render(&vars("a\"b\\c.d"));
         assert_eq!(out, r#"x{a="a\"b\\c.d",b=~"a\"b\\\\c\\.d"}[1m]"#);
     }
@@ -389,7 +390,10 @@ mod tests {
     #[test]
     fn escaped_quotes_inside_strings_do_not_end_them() {
         let t = Template::parse(r#"x{a="q\"${revision}"}"#).expect("valid");
-        assert_eq!(t.vars().next().map(|v| v.1), Some(Context::Str { quote: '"' }));
+        assert_eq!(
+            t.vars().next().map(|v| v.1),
+            Some(Context::Str { quote: '"' })
+        );
     }
 
     #[test]

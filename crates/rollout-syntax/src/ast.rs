@@ -235,7 +235,11 @@ impl Quantity {
 
     /// The text as written, e.g. `5m`.
     pub fn text(&self) -> String {
-        format!("{}{}", self.digits, self.unit.map_or("", UnitSuffix::as_str))
+        format!(
+            "{}{}",
+            self.digits,
+            self.unit.map_or("", UnitSuffix::as_str)
+        )
     }
 }
 
@@ -547,7 +551,12 @@ impl BinaryOp {
         match self {
             BinaryOp::Or => 1,
             BinaryOp::And => 2,
-            BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Eq | BinaryOp::Ne => 3,
+            BinaryOp::Gt
+            | BinaryOp::Ge
+            | BinaryOp::Lt
+            | BinaryOp::Le
+            | BinaryOp::Eq
+            | BinaryOp::Ne => 3,
             BinaryOp::Add | BinaryOp::Sub => 4,
             BinaryOp::Mul | BinaryOp::Div => 5,
         }

@@ -49,12 +49,16 @@ impl Formatter<'_> {
 
     /// Ends a line for a node ending at `end`: comments inside the node and a comment on the
     /// same source line after it are kept on that line.
-    fn end_line(&mut self, end: usize) {
+    fn end_line(&mut self, end: usize, level: usize) {
         let mut trailing: Vec<&str> = Vec::new();
         while let Some(c) = self.comments.get(self.next_comment) {
             let inside = c.span.start < end;
             let same_line = c.span.start >= end
-                && !self.src.get(end..c.span.start).unwrap_or("\n").contains('\n');
+                && !self
+                    .src
+                    .get(end..c.span.start)
+                    .unwrap_or("\n")
+                    .contains('\n');
             if inside || same_line {
                 trailing.push(&c.text);
                 self.next_comment += 1;
@@ -65,18 +69,26 @@ impl Formatter<'_> {
                 break;
             }
         }
-        for t in trailing {
+        // One comment may trail the line; any others (a comment ends the line) follow on lines
+        // of their own, in order.
+        let mut rest = trailing.into_iter();
+        if let Some(first) = rest.next() {
             self.out.push_str("  ");
-            self.out.push_str(t);
+            self.out.push_str(first);
         }
         self.out.push('\n');
+        for t in rest {
+            self.out.push_str(&ind(level));
+            self.out.push_str(t);
+            self.out.push('\n');
+        }
     }
 
     fn line(&mut self, level: usize, start: usize, end: usize, text: &str) {
         self.leading(start, level);
         self.out.push_str(&ind(level));
         self.out.push_str(text);
-        self.end_line(end);
+        self.end_line(end, level);
     }
 
     fn open(&mut self, level: usize, start: usize, header: &str) {
@@ -91,17 +103,17 @@ impl Formatter<'_> {
         self.leading(end.saturating_sub(1), level + 1);
         self.out.push_str(&ind(level));
         self.out.push('}');
-        self.end_line(end);
+        self.end_line(end, level);
     }
 
     fn rollout(&mut self, r: &Rollout) {
         self.open(0, r.span.start, &format!("rollout {}", string(&r.name)));
         let mut prev: Option<&Item> = None;
         for item in &r.items {
-            if let Some(p) = prev {
-                if !grouped(p, item) {
-                    self.out.push('\n');
-                }
+            if let Some(p) = prev
+                && !grouped(p, item)
+            {
+                self.out.push('\n');
             }
             self.item(item, 1);
             prev = Some(item);
@@ -118,7 +130,12 @@ impl Formatter<'_> {
                 }
                 self.close(level, b.span.end);
             }
-            Item::Use(u) => self.line(level, u.span.start, u.span.end, &format!("use {}", u.preset.name)),
+            Item::Use(u) => self.line(
+                level,
+                u.span.start,
+                u.span.end,
+                &format!("use {}", u.preset.name),
+            ),
             Item::Metric(m) => match &m.def {
                 MetricDef::Derived(e) => self.line(
                     level,
@@ -140,7 +157,8 @@ impl Formatter<'_> {
                     OnResponse::Act(a) => a.action.keyword().to_string(),
                     OnResponse::Hold { limit: None, .. } => "hold".to_string(),
                     OnResponse::Hold {
-                        limit: Some((d, a)), ..
+                        limit: Some((d, a)),
+                        ..
                     } => format!("hold {} then {}", d.text(), a.action.keyword()),
                 };
                 self.line(
@@ -167,7 +185,12 @@ impl Formatter<'_> {
             Value::Bool(b, _) => b.to_string(),
             Value::Ident(i) => i.name.clone(),
         };
-        self.line(level, s.span.start, s.span.end, &format!("{} = {}", s.key.name, v));
+        self.line(
+            level,
+            s.span.start,
+            s.span.end,
+            &format!("{} = {}", s.key.name, v),
+        );
     }
 
     fn rule(&mut self, r: &RuleDecl, level: usize) {
@@ -186,7 +209,9 @@ impl Formatter<'_> {
                 },
                 RuleStmt::For(q, _) => format!("for {}", q.text()),
                 RuleStmt::Failures { count, mode, .. } => match mode {
-                    Some(FailureMode::Consecutive) => format!("failures {} consecutive", count.text()),
+                    Some(FailureMode::Consecutive) => {
+                        format!("failures {} consecutive", count.text())
+                    }
                     Some(FailureMode::Total) => format!("failures {} total", count.text()),
                     None => format!("failures {}", count.text()),
                 },
@@ -203,13 +228,17 @@ impl Formatter<'_> {
     fn step(&mut self, step: &Step, level: usize) {
         let sp = step.span();
         match step {
-            Step::Traffic(q, _) => self.line(level, sp.start, sp.end, &format!("traffic {}", q.text())),
+            Step::Traffic(q, _) => {
+                self.line(level, sp.start, sp.end, &format!("traffic {}", q.text()))
+            }
             Step::Promote(_) => self.line(level, sp.start, sp.end, "promote"),
             Step::Approval { max, .. } => {
                 let text = match max {
                     None => "approval".to_string(),
                     Some((d, None)) => format!("approval max {}", d.text()),
-                    Some((d, Some(a))) => format!("approval max {} else {}", d.text(), a.action.keyword()),
+                    Some((d, Some(a))) => {
+                        format!("approval max {} else {}", d.text(), a.action.keyword())
+                    }
                 };
                 self.line(level, sp.start, sp.end, &text);
             }
@@ -284,7 +313,11 @@ pub(crate) fn string(s: &StrLit) -> String {
 pub(crate) fn expr(e: &Expr) -> String {
     match &e.kind {
         ExprKind::Number(q) => q.text(),
-        ExprKind::Path(p) => p.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join("."),
+        ExprKind::Path(p) => p
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join("."),
         ExprKind::Unary(UnaryOp::Neg, x) => format!("-{}", expr(x)),
         ExprKind::Unary(UnaryOp::Not, x) => format!("not {}", expr(x)),
         ExprKind::Binary(op, a, b) => format!("{} {} {}", expr(a), op.as_str(), expr(b)),

@@ -54,21 +54,30 @@ pub fn decode(name: &str, bytes: Vec<u8>) -> Result<SourceFile, Box<Diagnostic>>
 /// with the source attached.
 pub fn parse(source: &SourceFile) -> Result<ast::File, Vec<Diagnostic>> {
     let attach = |ds: Vec<Diagnostic>| -> Vec<Diagnostic> {
-        ds.into_iter().map(|d| d.with_source(source.clone())).collect()
+        ds.into_iter()
+            .map(|d| d.with_source(source.clone()))
+            .collect()
     };
     let text = source.text();
     let scanned = scan::scan(text);
     if !scanned.errors.is_empty() {
         return Err(attach(scanned.errors));
     }
-    // Belt and braces: parentheses are depth-capped above, and pest's call limit turns any other
-    // pathological input into an error instead of a long search.
-    pest::set_call_limit(std::num::NonZeroUsize::new(50_000_000));
-    let pairs = match RolloutParser::parse(Rule::file, text) {
+    // The grammar sees comments as spaces (same byte offsets, so spans stay exact).
+    let blanked = scan::blank_comments(text, &scanned.comments);
+    let pairs = match RolloutParser::parse(Rule::file, &blanked) {
         Ok(pairs) => pairs,
         Err(e) => return Err(attach(vec![syntax_error(text, &e)])),
     };
-    let mut lowerer = lower::Lowerer { errors: Vec::new() };
+    let mut lowerer = lower::Lowerer {
+        errors: Vec::new(),
+        text,
+        comment_ends: scanned
+            .comments
+            .iter()
+            .map(|c| (c.span.end, c.span.start))
+            .collect(),
+    };
     let rollout = pairs.into_iter().next().and_then(|file| lowerer.file(file));
     match rollout {
         Some(rollout) if lowerer.errors.is_empty() => Ok(ast::File {
@@ -124,10 +133,10 @@ fn syntax_error(text: &str, e: &pest::error::Error<Rule>) -> Diagnostic {
 fn names(rules: &[Rule]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in rules {
-        if let Some(n) = r.display() {
-            if !out.iter().any(|o| o == n) {
-                out.push(n.to_string());
-            }
+        if let Some(n) = r.display()
+            && !out.iter().any(|o| o == n)
+        {
+            out.push(n.to_string());
         }
     }
     out
@@ -172,10 +181,16 @@ fn hint(text: &str, pos: usize, expected: &[String]) -> Option<String> {
         return Some("write the canary's share as a percentage, e.g. `traffic 10%`".into());
     }
     if before.ends_with("until") || expected.iter().any(|e| e == "`max`") {
-        return Some("a traffic condition needs a time limit: `hold until canary.requests >= 2000 max 30m`".into());
+        return Some(
+            "a traffic condition needs a time limit: `hold until canary.requests >= 2000 max 30m`"
+                .into(),
+        );
     }
     if rest.starts_with('{') && before.ends_with(|c: char| c.is_alphanumeric()) {
-        return Some("blocks open after a keyword: `target { ... }`, `rule Name { ... }`, `steps { ... }`".into());
+        return Some(
+            "blocks open after a keyword: `target { ... }`, `rule Name { ... }`, `steps { ... }`"
+                .into(),
+        );
     }
     None
 }

@@ -9,8 +9,12 @@ use crate::ast::*;
 use crate::parser::Rule;
 use crate::scan::{MAX_DEPTH, nesting_error};
 
-pub(crate) struct Lowerer {
+pub(crate) struct Lowerer<'t> {
     pub errors: Vec<Diagnostic>,
+    /// The source text.
+    pub text: &'t str,
+    /// Comment end offset -> start offset, to trim trailing comments off node spans.
+    pub comment_ends: std::collections::HashMap<usize, usize>,
 }
 
 type P<'i> = Pair<'i, Rule>;
@@ -20,11 +24,30 @@ fn span(p: &P<'_>) -> Span {
     Span::new(s.start(), s.end())
 }
 
-impl Lowerer {
+impl Lowerer<'_> {
+    /// The span of a pair without the whitespace and comments pest's implicit skipping may
+    /// have consumed after its last token (a rule ending in an optional part does that).
+    fn span(&self, p: &P<'_>) -> Span {
+        let raw = span(p);
+        let mut end = raw.end;
+        loop {
+            let trimmed = self.text[raw.start..end].trim_end().len() + raw.start;
+            end = trimmed;
+            match self.comment_ends.get(&end) {
+                Some(&start) if start >= raw.start => end = start,
+                _ => break,
+            }
+        }
+        Span::new(raw.start, end)
+    }
+
     fn internal(&mut self, p: &P<'_>, what: &str) {
         self.errors.push(Diagnostic::new(
             Code::Syntax,
-            format!("internal parser error: unexpected {:?} while reading {what}", p.as_rule()),
+            format!(
+                "internal parser error: unexpected {:?} while reading {what}",
+                p.as_rule()
+            ),
             span(p),
             "here",
         ));
@@ -32,7 +55,7 @@ impl Lowerer {
 
     pub(crate) fn file(&mut self, file: P<'_>) -> Option<Rollout> {
         let rollout = file.into_inner().find(|p| p.as_rule() == Rule::rollout)?;
-        let sp = span(&rollout);
+        let sp = self.span(&rollout);
         let mut inner = rollout.into_inner();
         inner.next(); // kw_rollout
         let name = self.string(inner.next()?);
@@ -50,12 +73,12 @@ impl Lowerer {
     }
 
     fn item(&mut self, p: P<'_>) -> Option<Item> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         Some(match p.as_rule() {
             Rule::settings_block => {
                 let mut inner = p.into_inner();
                 let kw = inner.next()?;
-                let keyword_span = span(&kw);
+                let keyword_span = self.span(&kw);
                 let kind = match kw.into_inner().next()?.as_rule() {
                     Rule::kw_target => BlockKind::Target,
                     Rule::kw_prometheus => BlockKind::Prometheus,
@@ -79,19 +102,23 @@ impl Lowerer {
                 let name = ident(inner.next()?);
                 let body = inner.next()?;
                 let def = match body.as_rule() {
-                    Rule::metric_query => {
-                        MetricDef::Query(body.into_inner().filter_map(|s| self.setting(s)).collect())
-                    }
+                    Rule::metric_query => MetricDef::Query(
+                        body.into_inner().filter_map(|s| self.setting(s)).collect(),
+                    ),
                     _ => MetricDef::Derived(self.expr(body.into_inner().next()?, 0)?),
                 };
-                Item::Metric(MetricDecl { name, def, span: sp })
+                Item::Metric(MetricDecl {
+                    name,
+                    def,
+                    span: sp,
+                })
             }
             Rule::rule_decl => Item::Rule(self.rule(p)?),
             Rule::on_decl => {
                 let mut inner = p.into_inner();
                 inner.next();
                 let kind_pair = inner.next()?;
-                let kind_span = span(&kind_pair);
+                let kind_span = self.span(&kind_pair);
                 let kind = match kind_pair.into_inner().next()?.as_rule() {
                     Rule::kw_no_data => FailureKind::NoData,
                     Rule::kw_stale_data => FailureKind::StaleData,
@@ -102,11 +129,13 @@ impl Lowerer {
                 let response = match resp.as_rule() {
                     Rule::action => OnResponse::Act(action(resp)?),
                     _ => {
-                        let hsp = span(&resp);
+                        let hsp = self.span(&resp);
                         let mut h = resp.into_inner();
                         h.next(); // kw_hold
                         let limit = match (h.next(), h.next(), h.next()) {
-                            (Some(d), Some(_then), Some(a)) => Some((self.quantity(d)?, action(a)?)),
+                            (Some(d), Some(_then), Some(a)) => {
+                                Some((self.quantity(d)?, action(a)?))
+                            }
                             _ => None,
                         };
                         OnResponse::Hold { limit, span: hsp }
@@ -121,7 +150,7 @@ impl Lowerer {
             }
             Rule::steps_decl => {
                 let mut inner = p.into_inner();
-                let keyword_span = span(&inner.next()?);
+                let keyword_span = self.span(&inner.next()?);
                 let steps = inner.filter_map(|s| self.step(s)).collect();
                 Item::Steps(StepsDecl {
                     steps,
@@ -130,7 +159,11 @@ impl Lowerer {
                 })
             }
             Rule::compat_item => {
-                let kw = p.into_inner().next().map(|k| k.as_str().to_string()).unwrap_or_default();
+                let kw = p
+                    .into_inner()
+                    .next()
+                    .map(|k| k.as_str().to_string())
+                    .unwrap_or_default();
                 let help = match kw.as_str() {
                     "analysis" | "successCondition" | "failureCondition" => {
                         "this looks like Argo Rollouts; write checks as `rule <Name> { when <breach> action rollback }`"
@@ -138,7 +171,9 @@ impl Lowerer {
                     "thresholdRange" => {
                         "this looks like Flagger; write `rule { when canary.<metric> > <limit> }`"
                     }
-                    _ => "declare `target`, `prometheus`, `metric`, `rule`, `on` and `steps` inside `rollout { }`",
+                    _ => {
+                        "declare `target`, `prometheus`, `metric`, `rule`, `on` and `steps` inside `rollout { }`"
+                    }
                 };
                 self.errors.push(
                     Diagnostic::new(
@@ -159,14 +194,14 @@ impl Lowerer {
     }
 
     fn setting(&mut self, p: P<'_>) -> Option<Setting> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut inner = p.into_inner();
         let key = ident(inner.next()?);
         let v = inner.next()?.into_inner().next()?;
         let value = match v.as_rule() {
             Rule::string => Value::Str(self.string(v)),
             Rule::quantity | Rule::compat_spaced_unit => Value::Quantity(self.quantity(v)?),
-            Rule::boolean => Value::Bool(v.as_str() == "true", span(&v)),
+            Rule::boolean => Value::Bool(v.as_str() == "true", self.span(&v)),
             Rule::ident => Value::Ident(ident(v)),
             _ => {
                 self.internal(&v, "a value");
@@ -181,11 +216,11 @@ impl Lowerer {
     }
 
     fn rule(&mut self, p: P<'_>) -> Option<RuleDecl> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let mut name = None;
         let mut stmts = Vec::new();
         for s in p.into_inner() {
-            let ssp = span(&s);
+            let ssp = self.span(&s);
             match s.as_rule() {
                 Rule::kw_rule => {}
                 Rule::ident => name = Some(ident(s)),
@@ -255,7 +290,7 @@ impl Lowerer {
     }
 
     fn step(&mut self, p: P<'_>) -> Option<Step> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         Some(match p.as_rule() {
             Rule::traffic_step => Step::Traffic(self.quantity(p.into_inner().nth(1)?)?, sp),
             Rule::promote_step => Step::Promote(sp),
@@ -289,7 +324,10 @@ impl Lowerer {
                             let cond = self.expr(u.next()?, 0)?;
                             u.next(); // kw_max
                             let max = self.quantity(u.next()?)?;
-                            let otherwise = u.next().and_then(|e| e.into_inner().nth(1)).and_then(action);
+                            let otherwise = u
+                                .next()
+                                .and_then(|e| e.into_inner().nth(1))
+                                .and_then(action);
                             until = Some(HoldUntil {
                                 cond,
                                 max,
@@ -314,11 +352,19 @@ impl Lowerer {
                 })
             }
             Rule::compat_step => {
-                let kw = p.into_inner().next().map(|k| k.as_str().to_string()).unwrap_or_default();
+                let kw = p
+                    .into_inner()
+                    .next()
+                    .map(|k| k.as_str().to_string())
+                    .unwrap_or_default();
                 let help = match kw.as_str() {
-                    "setWeight" | "weight" | "setCanaryScale" => "set the canary's share with `traffic 10%`",
+                    "setWeight" | "weight" | "setCanaryScale" => {
+                        "set the canary's share with `traffic 10%`"
+                    }
                     "pause" | "wait" => "wait with `hold 5m`, or for a person with `approval`",
-                    _ => "checks are `rule`s at the top level; `hold` is when they judge the canary",
+                    _ => {
+                        "checks are `rule`s at the top level; `hold` is when they judge the canary"
+                    }
                 };
                 self.errors.push(
                     Diagnostic::new(
@@ -347,7 +393,12 @@ impl Lowerer {
         Some(e)
     }
 
-    fn climb<'i>(&mut self, toks: &mut Vec<P<'i>>, min_prec: u8, depth: usize) -> Option<(Expr, usize)> {
+    fn climb<'i>(
+        &mut self,
+        toks: &mut Vec<P<'i>>,
+        min_prec: u8,
+        depth: usize,
+    ) -> Option<(Expr, usize)> {
         let (mut lhs, mut lhs_depth) = self.unary(toks, depth)?;
         while let Some(op_pair) = toks.last() {
             let op = match self.binop(op_pair) {
@@ -381,44 +432,42 @@ impl Lowerer {
         Some((lhs, lhs_depth))
     }
 
+    /// A prefix expression. `-` binds tightest; `not` binds looser than comparisons and
+    /// arithmetic but tighter than `and`/`or`, so `not a > b` means `not (a > b)`.
     fn unary<'i>(&mut self, toks: &mut Vec<P<'i>>, depth: usize) -> Option<(Expr, usize)> {
-        let mut prefixes = Vec::new();
-        while let Some(t) = toks.last() {
-            match t.as_rule() {
-                Rule::op_not | Rule::op_neg => {
-                    let t = toks.pop()?;
-                    prefixes.push((
-                        if t.as_rule() == Rule::op_not {
-                            UnaryOp::Not
-                        } else {
-                            UnaryOp::Neg
-                        },
-                        span(&t),
-                    ));
-                }
-                _ => break,
-            }
+        let rule = toks.last()?.as_rule();
+        if rule != Rule::op_not && rule != Rule::op_neg {
+            let operand = toks.pop()?;
+            return self.operand(operand, depth);
         }
-        if depth + prefixes.len() > MAX_DEPTH {
-            let sp = prefixes.first().map_or_else(Span::default, |p| p.1);
-            self.errors.push(nesting_error(sp));
+        let op_pair = toks.pop()?;
+        let op_span = self.span(&op_pair);
+        if depth + 1 > MAX_DEPTH {
+            self.errors.push(nesting_error(op_span));
             return None;
         }
-        let operand = toks.pop()?;
-        let (mut e, mut d) = self.operand(operand, depth + prefixes.len())?;
-        for (op, sp) in prefixes.into_iter().rev() {
-            let esp = sp.to(e.span);
-            e = Expr {
-                kind: ExprKind::Unary(op, Box::new(e)),
-                span: esp,
-            };
-            d += 1;
-        }
-        Some((e, d))
+        let (inner, d) = if rule == Rule::op_not {
+            self.climb(toks, BinaryOp::Gt.precedence(), depth + 1)?
+        } else {
+            self.unary(toks, depth + 1)?
+        };
+        let op = if rule == Rule::op_not {
+            UnaryOp::Not
+        } else {
+            UnaryOp::Neg
+        };
+        let sp = op_span.to(inner.span);
+        Some((
+            Expr {
+                kind: ExprKind::Unary(op, Box::new(inner)),
+                span: sp,
+            },
+            d + 1,
+        ))
     }
 
     fn operand(&mut self, p: P<'_>, depth: usize) -> Option<(Expr, usize)> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         match p.as_rule() {
             Rule::paren => {
                 if depth + 1 > MAX_DEPTH {
@@ -489,7 +538,7 @@ impl Lowerer {
     }
 
     pub(crate) fn quantity(&mut self, p: P<'_>) -> Option<Quantity> {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let text = p.as_str();
         let digits_end = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -562,7 +611,7 @@ impl Lowerer {
     }
 
     pub(crate) fn string(&mut self, p: P<'_>) -> StrLit {
-        let sp = span(&p);
+        let sp = self.span(&p);
         let inner = p.into_inner().next();
         let Some(inner) = inner else {
             return StrLit {

@@ -79,10 +79,12 @@ impl Rule {
             string | raw_string | plain_string => "a string",
             plain_inner | raw_inner => "string text",
             compat_op | compat_step | compat_step_kw | compat_item | compat_item_kw
-            | rest_of_line | WHITESPACE | COMMENT | ident_char | reserved | compat_unit_word => {
+            | rest_of_line | WHITESPACE | ident_char | reserved | compat_unit_word => {
                 return None;
             }
-            item => "a declaration (`target`, `prometheus`, `evaluation`, `use`, `metric`, `rule`, `on`, `steps`)",
+            item => {
+                "a declaration (`target`, `prometheus`, `evaluation`, `use`, `metric`, `rule`, `on`, `steps`)"
+            }
             rule_stmt => "`when`, `for`, `failures`, `require`, `action` or `window`",
             step => "a step (`traffic`, `hold`, `approval`, `promote`)",
             duration_value => "a duration such as `5m`",

@@ -117,3 +117,20 @@ fn comment(text: &str, start: usize, out: &mut Vec<Comment>) -> usize {
     });
     end
 }
+
+/// The text with every comment replaced by spaces (same length, same offsets).
+pub(crate) fn blank_comments(text: &str, comments: &[Comment]) -> String {
+    if comments.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for c in comments {
+        out.push_str(&text[at..c.span.start]);
+        // One space per byte keeps offsets (comments may contain multi-byte characters).
+        out.extend(std::iter::repeat_n(' ', c.span.len()));
+        at = c.span.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}

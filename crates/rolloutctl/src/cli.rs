@@ -34,10 +34,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check policies for errors and lint warnings (for CI)
-    #[command(after_help = "Examples:\n  rolloutctl lint policies/\n  rolloutctl lint --deny-warnings --format github policies/ examples/")]
+    #[command(
+        after_help = "Examples:\n  rolloutctl lint policies/\n  rolloutctl lint --deny-warnings --format github policies/ examples/"
+    )]
     Lint(LintArgs),
     /// Format policies in the canonical layout (comments are kept)
-    #[command(after_help = "Examples:\n  rolloutctl fmt policies/\n  rolloutctl fmt --check policies/\n  cat p.rollout | rolloutctl fmt -")]
+    #[command(
+        after_help = "Examples:\n  rolloutctl fmt policies/\n  rolloutctl fmt --check policies/\n  cat p.rollout | rolloutctl fmt -"
+    )]
     Fmt(FmtArgs),
     /// Explain a diagnostic code, with an example and the fix
     #[command(after_help = "Examples:\n  rolloutctl explain R1003\n  rolloutctl explain --list")]

@@ -116,7 +116,10 @@ pub fn json(report: Report<'_>, files: usize) -> String {
         "warnings": count(Severity::Warning),
         "diagnostics": diags,
     });
-    format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
 }
 
 fn level(s: Severity) -> &'static str {
@@ -179,7 +182,10 @@ pub fn sarif(report: Report<'_>) -> String {
             "results": results,
         }],
     });
-    format!("{}\n", serde_json::to_string_pretty(&doc).unwrap_or_default())
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
 }
 
 /// GitHub Actions workflow commands (`::error file=...::message`).
@@ -202,7 +208,9 @@ pub fn github(report: Report<'_>) -> String {
 }
 
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn escape_property(s: &str) -> String {

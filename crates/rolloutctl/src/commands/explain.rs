@@ -18,7 +18,12 @@ pub fn page(code: Code) -> Option<&'static str> {
 pub fn run(args: &ExplainArgs) -> Exit {
     if args.list {
         for c in Code::ALL {
-            println!("{}  {:<7}  {}", c.as_str(), c.severity().to_string(), c.title());
+            println!(
+                "{}  {:<7}  {}",
+                c.as_str(),
+                c.severity().to_string(),
+                c.title()
+            );
         }
         return Exit::Ok;
     }
@@ -27,7 +32,9 @@ pub fn run(args: &ExplainArgs) -> Exit {
         return Exit::Usage;
     };
     let Some(code) = Code::parse(text) else {
-        eprintln!("error: unknown diagnostic code `{text}`; `rolloutctl explain --list` shows them all");
+        eprintln!(
+            "error: unknown diagnostic code `{text}`; `rolloutctl explain --list` shows them all"
+        );
         return Exit::Usage;
     };
     match page(code) {
@@ -36,7 +43,12 @@ pub fn run(args: &ExplainArgs) -> Exit {
             Exit::Ok
         }
         None => {
-            println!("# {}: {}\n\n{}", code.as_str(), code.title(), code.default_help());
+            println!(
+                "# {}: {}\n\n{}",
+                code.as_str(),
+                code.title(),
+                code.default_help()
+            );
             Exit::Ok
         }
     }
@@ -49,7 +61,8 @@ mod tests {
     #[test]
     fn every_code_has_a_page_and_every_page_a_code() {
         for c in Code::ALL {
-            let p = page(*c).unwrap_or_else(|| panic!("docs/diagnostics/{}.md is missing", c.as_str()));
+            let p =
+                page(*c).unwrap_or_else(|| panic!("docs/diagnostics/{}.md is missing", c.as_str()));
             assert!(
                 p.starts_with(&format!("# {}", c.as_str())),
                 "{}.md must start with `# {}`",
@@ -58,7 +71,10 @@ mod tests {
             );
         }
         for (code, _) in pages::PAGES {
-            assert!(Code::parse(code).is_some(), "docs/diagnostics/{code}.md has no code in the registry");
+            assert!(
+                Code::parse(code).is_some(),
+                "docs/diagnostics/{code}.md has no code in the registry"
+            );
         }
     }
 }

@@ -1,0 +1,260 @@
+//! The `rolloutctl` binary as CI uses it: exit codes and every output format.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn rolloutctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run rolloutctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const BAD: &str = "tests/corpus/invalid/R1003_unknown_metric_in_derived_metric.rollout";
+const WARN: &str = "tests/corpus/invalid/R2001_rule_without_require.rollout";
+
+#[test]
+fn lint_exit_codes_tell_clean_problems_and_failure_apart() {
+    assert_eq!(
+        rolloutctl(&["lint", "policies", "examples"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(rolloutctl(&["lint", BAD]).status.code(), Some(1));
+    assert_eq!(
+        rolloutctl(&["lint", WARN]).status.code(),
+        Some(0),
+        "warnings alone pass"
+    );
+    assert_eq!(
+        rolloutctl(&["lint", "--deny-warnings", WARN]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        rolloutctl(&["lint", "no/such/file.rollout"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        rolloutctl(&["lint", "--format", "yaml", "policies"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(rolloutctl(&["lint"]).status.code(), Some(2));
+}
+
+#[test]
+fn lint_reports_every_file_not_just_the_first_failure() {
+    let out = rolloutctl(&["lint", "--format", "json", "tests/corpus/invalid"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let files: std::collections::BTreeSet<&str> = doc["diagnostics"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|d| d["file"].as_str())
+        .collect();
+    let on_disk = std::fs::read_dir(root().join("tests/corpus/invalid"))
+        .expect("dir")
+        .count();
+    assert_eq!(files.len(), on_disk, "every invalid file is reported");
+    assert_eq!(doc["files"].as_u64(), Some(on_disk as u64));
+}
+
+#[test]
+fn human_output_has_code_snippet_help_and_summary() {
+    let out = rolloutctl(&["lint", BAD]);
+    let text = stdout(&out);
+    assert!(text.contains("R1003"), "{text}");
+    assert!(text.contains("unknown metric"), "{text}");
+    assert!(text.contains("help:"), "{text}");
+    assert!(text.contains("╭─[tests/corpus/invalid/R1003"), "{text}");
+    assert!(
+        text.contains("1 file checked: 1 error, 0 warnings"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "NO_COLOR output has no escape codes"
+    );
+}
+
+#[test]
+fn json_output_has_positions_and_counts() {
+    let out = rolloutctl(&["lint", "--format", "json", BAD, WARN]);
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(doc["errors"], 1);
+    assert_eq!(doc["warnings"], 1);
+    let d = &doc["diagnostics"][0];
+    assert_eq!(d["code"], "R1003");
+    assert_eq!(d["severity"], "error");
+    assert!(d["line"].as_u64().expect("line") > 1);
+    assert!(d["labels"][0]["text"].is_string());
+    assert!(d["help"].as_str().is_some_and(|h| !h.is_empty()));
+}
+
+#[test]
+fn sarif_output_has_the_2_1_0_shape() {
+    let out = rolloutctl(&["lint", "--format", "sarif", BAD, WARN]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(doc["version"], "2.1.0");
+    assert!(
+        doc["$schema"]
+            .as_str()
+            .expect("schema")
+            .contains("sarif-2.1.0")
+    );
+    let runs = doc["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1);
+    let driver = &runs[0]["tool"]["driver"];
+    assert_eq!(driver["name"], "rolloutctl");
+    let rules = driver["rules"].as_array().expect("rules");
+    let ids: Vec<&str> = rules
+        .iter()
+        .map(|r| r["id"].as_str().expect("rule id"))
+        .collect();
+    for r in rules {
+        assert!(r["shortDescription"]["text"].is_string());
+        assert!(
+            ["error", "warning", "note"]
+                .contains(&r["defaultConfiguration"]["level"].as_str().expect("level"))
+        );
+    }
+    let results = runs[0]["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let id = r["ruleId"].as_str().expect("ruleId");
+        let index = r["ruleIndex"].as_u64().expect("ruleIndex") as usize;
+        assert_eq!(ids[index], id, "ruleIndex points at the rule");
+        assert!(["error", "warning"].contains(&r["level"].as_str().expect("level")));
+        assert!(r["message"]["text"].is_string());
+        let loc = &r["locations"][0]["physicalLocation"];
+        assert!(
+            loc["artifactLocation"]["uri"]
+                .as_str()
+                .expect("uri")
+                .ends_with(".rollout")
+        );
+        let region = &loc["region"];
+        for k in ["startLine", "startColumn", "endLine", "endColumn"] {
+            assert!(region[k].as_u64().expect(k) >= 1, "{k} is 1-based");
+        }
+        assert!(region["endLine"].as_u64() >= region["startLine"].as_u64());
+    }
+}
+
+#[test]
+fn github_output_is_workflow_commands() {
+    let out = rolloutctl(&["lint", "--format", "github", BAD, WARN]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("::error file=tests/corpus/invalid/R1003"),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains(",line=")
+            && lines[0].contains(",col=")
+            && lines[0].contains("title=R1003")
+    );
+    assert!(lines[1].starts_with("::warning file="), "{text}");
+}
+
+#[test]
+fn fmt_check_rewrite_and_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("p.rollout");
+    let messy = "rollout \"m\" {  steps { traffic 10%\n hold 5m   # keep me\n promote } target { name = \"a\"  namespace = \"b\" } }";
+    std::fs::write(&path, messy).expect("write");
+    let p = path.to_str().expect("utf-8 path");
+    assert_eq!(rolloutctl(&["fmt", "--check", p]).status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        messy,
+        "--check writes nothing"
+    );
+    assert_eq!(rolloutctl(&["fmt", p]).status.code(), Some(0));
+    let formatted = std::fs::read_to_string(&path).expect("read");
+    assert!(
+        formatted.contains("    hold 5m  # keep me\n"),
+        "{formatted}"
+    );
+    assert_eq!(rolloutctl(&["fmt", "--check", p]).status.code(), Some(0));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+        .args(["fmt", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(messy.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), formatted);
+
+    std::fs::write(&path, "rollout \"x\" { steps { traffic } }").expect("write");
+    assert_eq!(
+        rolloutctl(&["fmt", p]).status.code(),
+        Some(1),
+        "syntax errors are problems"
+    );
+    assert_eq!(
+        rolloutctl(&["fmt", "missing.rollout"]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn explain_prints_the_page() {
+    let out = rolloutctl(&["explain", "R1003"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = std::fs::read_to_string(root().join("docs/diagnostics/R1003.md")).expect("page");
+    assert_eq!(stdout(&out), page);
+    assert_eq!(rolloutctl(&["explain", "r2001"]).status.code(), Some(0));
+    assert_eq!(rolloutctl(&["explain", "R9999"]).status.code(), Some(2));
+    let list = stdout(&rolloutctl(&["explain", "--list"]));
+    assert!(list.lines().count() >= 40 && list.contains("R2007"));
+}
+
+#[test]
+fn completions_and_help() {
+    let out = rolloutctl(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("rolloutctl"));
+    let help = stdout(&rolloutctl(&["--help"]));
+    assert!(
+        help.contains("Exit codes:") && help.contains("Examples:"),
+        "{help}"
+    );
+    let lint_help = stdout(&rolloutctl(&["lint", "--help"]));
+    assert!(lint_help.contains("--deny-warnings") && lint_help.contains("sarif"));
+}
+
+#[test]
+fn non_utf8_file_is_a_diagnostic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latin1.rollout");
+    std::fs::write(&path, b"rollout \"caf\xe9\" {}").expect("write");
+    let out = rolloutctl(&["lint", path.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("R0008"));
+}
