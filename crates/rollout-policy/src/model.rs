@@ -46,7 +46,7 @@ impl From<rollout_syntax::ast::Action> for Action {
 }
 
 /// Whether a failure count resets on a passing evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// A pass resets the count.
@@ -56,7 +56,7 @@ pub enum FailureMode {
 }
 
 /// The kinds of measurement failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     /// Empty result, NaN or infinity.
@@ -364,7 +364,7 @@ pub enum ArithOp {
 }
 
 /// Comparison operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub enum CmpOp {
     /// `>`
     Gt,
@@ -395,7 +395,7 @@ impl CmpOp {
 }
 
 /// Which revision a metric is read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
     /// The new revision (`latestRevision: true`).

@@ -6,16 +6,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success (lint: no problems; fmt --check: already formatted)
+  0  success (lint: no problems; fmt --check: already formatted; simulate: promoted)
   1  the command ran and found problems (lint errors, or warnings with --deny-warnings;
-     files that fmt --check would change)
+     files that fmt --check would change; failing policy tests; an invalid policy)
   2  the command could not run (bad arguments, unreadable file)
+  3  simulate: the canary was rolled back
+  4  simulate: an operator aborted
+  5  simulate: the rollout failed (infrastructure)
+  6  simulate: the rollout did not end (paused, waiting, or out of simulated time)
 
 Examples:
   rolloutctl lint policies/
   rolloutctl lint --format sarif policies/ > rolloutctl.sarif
   rolloutctl fmt --check policies/
   rolloutctl explain R2001
+  rolloutctl plan --format mermaid policies/sklearn-iris-canary.rollout
+  rolloutctl simulate policies/sklearn-iris-canary.rollout --scenario examples/scenarios/healthy.yaml
+  rolloutctl test tests/policies/
   rolloutctl completions bash > /etc/bash_completion.d/rolloutctl";
 
 /// Declarative canary rollouts for KServe InferenceServices.
@@ -46,8 +53,74 @@ pub enum Command {
     /// Explain a diagnostic code, with an example and the fix
     #[command(after_help = "Examples:\n  rolloutctl explain R1003\n  rolloutctl explain --list")]
     Explain(ExplainArgs),
+    /// Show what a policy will do: steps, durations, detection times, exposure
+    #[command(after_help = "Examples:\n  rolloutctl plan policies/sklearn-iris-canary.rollout\n  rolloutctl plan --format mermaid policies/sklearn-iris-canary.rollout")]
+    Plan(PlanArgs),
+    /// Run a policy against a simulated canary on virtual time
+    #[command(after_help = "Examples:\n  rolloutctl simulate policies/sklearn-iris-canary.rollout --scenario examples/scenarios/error-regression-10.yaml\n  rolloutctl simulate --runs 1000 policies/low-traffic-fraud-model.rollout --scenario examples/scenarios/low-traffic-2x.yaml")]
+    Simulate(SimulateArgs),
+    /// Run policy unit tests (`*.test.yaml`)
+    #[command(after_help = "Examples:\n  rolloutctl test tests/policies/")]
+    Test(TestArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
+}
+
+/// `plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The policy
+    pub policy: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+}
+
+/// Output formats of `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// A table for people
+    Text,
+    /// JSON
+    Json,
+    /// A Mermaid state diagram
+    Mermaid,
+}
+
+/// `simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The policy
+    pub policy: PathBuf,
+    /// The scenario (YAML; see examples/scenarios/)
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Run a Monte Carlo batch of this many rollouts (seeds seed, seed+1, ...)
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Override the scenario's seed
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output format of a single run
+    #[arg(long, value_enum, default_value_t = SimFormat::Text)]
+    pub format: SimFormat,
+}
+
+/// Output formats of `simulate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimFormat {
+    /// A timeline for people
+    Text,
+    /// One JSON decision record per line, then a summary line
+    Jsonl,
+}
+
+/// `test`.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Test files or directories (searched recursively for `*.test.yaml`)
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 /// `lint`.

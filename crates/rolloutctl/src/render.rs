@@ -216,3 +216,102 @@ fn escape_data(s: &str) -> String {
 fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
+
+fn hms(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+fn value(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(x) if x != 0.0 && x.abs() < 0.01 => format!("{x:.5}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+/// One decision as a few lines of text.
+pub fn decision(d: &rollout_engine::Decision) -> String {
+    let mut out = format!(
+        "{}  {:<17} {:<22} traffic {:>3}%  {:<14} {}\n",
+        hms(d.at),
+        d.to,
+        d.step_label,
+        d.traffic,
+        d.action,
+        d.reason
+    );
+    for r in &d.rules {
+        let cmp = r
+            .when
+            .iter()
+            .map(|c| format!("{} {} {}", value(c.lhs), c.op.as_str(), value(c.rhs)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let test = r.test.as_ref().map_or(String::new(), |t| {
+            format!("  p={:.2e} (alpha {:.2e}, look {}) canary {}/{}", t.p_value, t.alpha, t.look, t.canary.0, t.canary.1)
+        });
+        let _ = writeln!(
+            out,
+            "            {:<24} {:<12} {}{}{}",
+            r.rule,
+            format!("{:?}", r.verdict).to_lowercase(),
+            cmp,
+            test,
+            if r.acted { format!("  -> {}", r.action.keyword()) } else { String::new() }
+        );
+    }
+    out
+}
+
+/// The timeline of a simulated run: every decision that did something, then the outcome.
+pub fn timeline(r: &rollout_engine::sim::RunResult) -> String {
+    let mut out = String::new();
+    for d in &r.decisions {
+        if d.action == "wait" && !d.evaluated && d.from == d.to {
+            continue;
+        }
+        out.push_str(&decision(d));
+    }
+    let _ = writeln!(
+        out,
+        "\noutcome: {} at {}{}",
+        r.outcome.as_str(),
+        hms(r.end),
+        r.end_reason.as_ref().map_or(String::new(), |x| format!(" ({x})"))
+    );
+    if let Some(d) = r.detection() {
+        let _ = writeln!(out, "detected {} after the regression began", hms(d));
+    }
+    out
+}
+
+/// A Monte Carlo summary.
+pub fn batch(s: &rollout_engine::sim::BatchSummary) -> String {
+    let pct = |n: usize| 100.0 * n as f64 / s.runs.max(1) as f64;
+    let mut out = format!(
+        "{} runs: promoted {:.1}%, rolled back {:.1}%, aborted {:.1}%, failed {:.1}%, stalled {:.1}%\n",
+        s.runs,
+        pct(s.promoted),
+        pct(s.rolled_back),
+        pct(s.aborted),
+        pct(s.failed),
+        pct(s.stalled)
+    );
+    if s.acted_before_onset > 0 {
+        let _ = writeln!(out, "acted before the regression began: {:.1}%", pct(s.acted_before_onset));
+    }
+    if !s.detection_s.is_empty() {
+        let p = |q| s.detection_percentile(q).map_or("n/a".to_string(), |v| format!("{v:.0}s"));
+        let _ = writeln!(
+            out,
+            "detection time ({} runs): p50 {}, p90 {}, p99 {}, max {}",
+            s.detection_s.len(),
+            p(50.0),
+            p(90.0),
+            p(99.0),
+            p(100.0)
+        );
+    }
+    out
+}

@@ -4,6 +4,9 @@ mod completions;
 mod explain;
 mod fmt;
 mod lint;
+mod plan;
+mod simulate;
+mod test;
 
 use std::process::ExitCode;
 
@@ -18,6 +21,26 @@ pub enum Exit {
     Problems = 1,
     /// The command could not run.
     Usage = 2,
+    /// The canary was rolled back.
+    RolledBack = 3,
+    /// An operator aborted.
+    Aborted = 4,
+    /// The rollout failed (infrastructure).
+    Failed = 5,
+    /// The rollout did not end.
+    Stalled = 6,
+}
+
+impl From<rollout_engine::Outcome> for Exit {
+    fn from(o: rollout_engine::Outcome) -> Self {
+        match o {
+            rollout_engine::Outcome::Promoted => Exit::Ok,
+            rollout_engine::Outcome::RolledBack => Exit::RolledBack,
+            rollout_engine::Outcome::Aborted => Exit::Aborted,
+            rollout_engine::Outcome::Failed => Exit::Failed,
+            rollout_engine::Outcome::Stalled => Exit::Stalled,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
@@ -32,6 +55,9 @@ pub fn run(cli: Cli) -> Exit {
         Command::Lint(a) => lint::run(&a),
         Command::Fmt(a) => fmt::run(&a),
         Command::Explain(a) => explain::run(&a),
+        Command::Plan(a) => plan::run(&a),
+        Command::Simulate(a) => simulate::run(&a),
+        Command::Test(a) => test::run(&a),
         Command::Completions(a) => completions::run(&a),
     }
 }
