@@ -1,7 +1,7 @@
 //! Evaluating rule conditions against observations: values, verdicts and the record of how each
 //! verdict was reached. Pure functions of the policy, the observations and the time.
 
-use rollout_policy::model::{Arm, ArithOp, CmpOp, Expr, MetricExpr, MetricId, MetricKind, Policy};
+use rollout_policy::model::{ArithOp, Arm, CmpOp, Expr, MetricExpr, MetricId, MetricKind, Policy};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +83,11 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// A query metric's normalised value.
     fn query_value(&self, arm: Arm, metric: MetricId, window_ms: u64) -> Val {
-        let key = QueryKey { arm, metric, window_ms };
+        let key = QueryKey {
+            arm,
+            metric,
+            window_ms,
+        };
         match self.obs.get(&key) {
             None => Err(Missing::NoData),
             Some(Sample::NoData) => Err(Missing::NoData),
@@ -94,7 +98,11 @@ impl Ctx<'_> {
                 } else if self.now.saturating_sub(*at) > self.stale_after_ms {
                     Err(Missing::Stale)
                 } else {
-                    let scale = self.policy.metrics.get(metric).map_or(1.0, |m| m.unit.scale());
+                    let scale = self
+                        .policy
+                        .metrics
+                        .get(metric)
+                        .map_or(1.0, |m| m.unit.scale());
                     Ok(value * scale)
                 }
             }
@@ -116,7 +124,10 @@ impl Ctx<'_> {
             MetricExpr::Const(v) => Ok(*v),
             MetricExpr::Neg(x) => self.metric_expr(arm, x, window_ms).map(|v| -v),
             MetricExpr::Arith(op, a, b) => {
-                let (a, b) = both(self.metric_expr(arm, a, window_ms), self.metric_expr(arm, b, window_ms))?;
+                let (a, b) = both(
+                    self.metric_expr(arm, a, window_ms),
+                    self.metric_expr(arm, b, window_ms),
+                )?;
                 finite(Ok(arith(*op, a, b)))
             }
         }
@@ -139,11 +150,24 @@ impl Ctx<'_> {
 
     /// A condition's truth, recording every comparison it makes. No short-circuit: a missing
     /// value anywhere makes the whole condition missing.
-    pub fn cond(&self, e: &Expr, window_ms: u64, out: &mut Vec<Comparison>) -> Result<bool, Missing> {
+    pub fn cond(
+        &self,
+        e: &Expr,
+        window_ms: u64,
+        out: &mut Vec<Comparison>,
+    ) -> Result<bool, Missing> {
         match e {
             Expr::Cmp(op, a, b) => {
-                let (l, r) = both(self.num(a, window_ms), self.num(b, window_ms))
-                    .inspect_err(|m| out.push(Comparison { lhs: None, op: *op, rhs: None, holds: None, missing: Some(*m) }))?;
+                let (l, r) =
+                    both(self.num(a, window_ms), self.num(b, window_ms)).inspect_err(|m| {
+                        out.push(Comparison {
+                            lhs: None,
+                            op: *op,
+                            rhs: None,
+                            holds: None,
+                            missing: Some(*m),
+                        })
+                    })?;
                 let holds = match op {
                     CmpOp::Gt => l > r,
                     CmpOp::Ge => l >= r,
@@ -152,7 +176,13 @@ impl Ctx<'_> {
                     CmpOp::Eq => l == r,
                     CmpOp::Ne => l != r,
                 };
-                out.push(Comparison { lhs: Some(l), op: *op, rhs: Some(r), holds: Some(holds), missing: None });
+                out.push(Comparison {
+                    lhs: Some(l),
+                    op: *op,
+                    rhs: Some(r),
+                    holds: Some(holds),
+                    missing: None,
+                });
                 Ok(holds)
             }
             Expr::And(a, b) => {
@@ -164,7 +194,9 @@ impl Ctx<'_> {
                 Ok(x || y)
             }
             Expr::Not(x) => self.cond(x, window_ms, out).map(|v| !v),
-            Expr::Const(_) | Expr::Metric { .. } | Expr::Neg(_) | Expr::Arith(..) => Err(Missing::NoData),
+            Expr::Const(_) | Expr::Metric { .. } | Expr::Neg(_) | Expr::Arith(..) => {
+                Err(Missing::NoData)
+            }
         }
     }
 }
@@ -227,11 +259,8 @@ pub(crate) fn base_queries(policy: &Policy, e: &Expr, out: &mut Vec<(Arm, Metric
 /// Expands a metric into the query metrics it is computed from.
 pub(crate) fn expand(policy: &Policy, arm: Arm, m: MetricId, out: &mut Vec<(Arm, MetricId)>) {
     match policy.metrics.get(m).map(|x| &x.kind) {
-        Some(MetricKind::Query(_)) => {
-            if !out.contains(&(arm, m)) {
-                out.push((arm, m));
-            }
-        }
+        Some(MetricKind::Query(_)) if !out.contains(&(arm, m)) => out.push((arm, m)),
+        Some(MetricKind::Query(_)) => {}
         Some(MetricKind::Derived(e)) => {
             let mut ids = Vec::new();
             metric_expr_ids(e, &mut ids);

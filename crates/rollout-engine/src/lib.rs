@@ -32,8 +32,8 @@ mod yaml;
 
 pub use eval::{Comparison, Missing, Observations, QueryKey, Sample};
 pub use machine::{
-    Cluster, Command, Decision, Input, Machine, Operator, Output, Phase, Reason, RuleRecord, RuleState, STATE_VERSION,
-    State, TestRecord, Verdict,
+    Cluster, Command, Decision, Input, Machine, Operator, Output, Phase, Reason, RuleRecord,
+    RuleState, STATE_VERSION, State, TestRecord, Verdict,
 };
 
 /// Milliseconds: since the Unix epoch for the runner, since the start for simulations.
@@ -60,7 +60,9 @@ impl Outcome {
     pub fn of(state: &State) -> Outcome {
         match &state.phase {
             Phase::Promoted => Outcome::Promoted,
-            Phase::RolledBack { reason: Reason::Aborted } => Outcome::Aborted,
+            Phase::RolledBack {
+                reason: Reason::Aborted,
+            } => Outcome::Aborted,
             Phase::RolledBack { .. } => Outcome::RolledBack,
             Phase::Failed { .. } => Outcome::Failed,
             _ => Outcome::Stalled,

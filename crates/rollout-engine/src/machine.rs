@@ -137,7 +137,9 @@ impl Reason {
     pub fn describe(&self) -> String {
         match self {
             Reason::Rule { rule, line } => format!("rule `{rule}` (line {line}) acted"),
-            Reason::Measurement { kind } => format!("measurement failure `{}` lasted too long", kind.keyword()),
+            Reason::Measurement { kind } => {
+                format!("measurement failure `{}` lasted too long", kind.keyword())
+            }
             Reason::HoldLimit => "the hold's `max` passed before its condition".into(),
             Reason::ApprovalLimit => "the approval's `max` passed without approval".into(),
             Reason::Deadline => "the rollout's deadline passed".into(),
@@ -231,7 +233,10 @@ impl Phase {
 
     /// Whether the rollout is over.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Phase::Promoted | Phase::RolledBack { .. } | Phase::Failed { .. })
+        matches!(
+            self,
+            Phase::Promoted | Phase::RolledBack { .. } | Phase::Failed { .. }
+        )
     }
 }
 
@@ -507,7 +512,10 @@ impl Machine {
                     s.push_str(&rollout_policy::human_duration(h.min));
                 }
                 if let Some(u) = &h.until {
-                    s.push_str(&format!(" until ... max {}", rollout_policy::human_duration(u.max)));
+                    s.push_str(&format!(
+                        " until ... max {}",
+                        rollout_policy::human_duration(u.max)
+                    ));
                 }
                 s
             }
@@ -518,8 +526,10 @@ impl Machine {
     }
 
     fn is_due(&self, state: &State, now: Millis) -> bool {
-        matches!(state.phase, Phase::Holding { .. } | Phase::AwaitingApproval { .. })
-            && state.traffic > 0
+        matches!(
+            state.phase,
+            Phase::Holding { .. } | Phase::AwaitingApproval { .. }
+        ) && state.traffic > 0
             && state
                 .last_eval
                 .is_none_or(|t| now >= t + ms(self.policy.evaluation.interval))
@@ -536,26 +546,25 @@ impl Machine {
             guards: &r.guards,
             action: r.action,
         };
-        if let Some(StepKind::Hold(h)) = self.policy.steps.get(state.step).map(|s| &s.kind) {
-            if matches!(state.phase, Phase::Holding { .. }) {
-                if let Some(o) = h.overrides.iter().find(|o| o.rule == rule) {
-                    if let Some(p) = o.persistence {
-                        e.persistence_ms = ms(p);
-                    }
-                    if let Some((n, m)) = o.failures {
-                        e.failures = n;
-                        e.mode = m;
-                    }
-                    if let Some(w) = o.window {
-                        e.window_ms = ms(w);
-                    }
-                    if !o.guards.is_empty() {
-                        e.guards = &o.guards;
-                    }
-                    if let Some(a) = o.action {
-                        e.action = a;
-                    }
-                }
+        if let Some(StepKind::Hold(h)) = self.policy.steps.get(state.step).map(|s| &s.kind)
+            && matches!(state.phase, Phase::Holding { .. })
+            && let Some(o) = h.overrides.iter().find(|o| o.rule == rule)
+        {
+            if let Some(p) = o.persistence {
+                e.persistence_ms = ms(p);
+            }
+            if let Some((n, m)) = o.failures {
+                e.failures = n;
+                e.mode = m;
+            }
+            if let Some(w) = o.window {
+                e.window_ms = ms(w);
+            }
+            if !o.guards.is_empty() {
+                e.guards = &o.guards;
+            }
+            if let Some(a) = o.action {
+                e.action = a;
             }
         }
         e
@@ -578,14 +587,22 @@ impl Machine {
         let since = Self::period_start(state).unwrap_or(now);
         let cumulative = cumulative_window(now, since);
         let mut push = |arm: Arm, metric: usize, window_ms: u64| {
-            let k = QueryKey { arm, metric, window_ms };
+            let k = QueryKey {
+                arm,
+                metric,
+                window_ms,
+            };
             if !out.contains(&k) {
                 out.push(k);
             }
         };
         for i in 0..self.policy.rules.len() {
             let e = self.effective(state, i);
-            let window = if e.rule.statistical.is_some() { cumulative } else { e.window_ms };
+            let window = if e.rule.statistical.is_some() {
+                cumulative
+            } else {
+                e.window_ms
+            };
             let mut base = Vec::new();
             base_queries(&self.policy, &e.rule.condition, &mut base);
             for g in e.guards {
@@ -601,15 +618,15 @@ impl Machine {
                 push(arm, m, window);
             }
         }
-        if let (Phase::Holding { .. }, Some(StepKind::Hold(h))) =
-            (&state.phase, self.policy.steps.get(state.step).map(|s| &s.kind))
+        if let (Phase::Holding { .. }, Some(StepKind::Hold(h))) = (
+            &state.phase,
+            self.policy.steps.get(state.step).map(|s| &s.kind),
+        ) && let Some(u) = &h.until
         {
-            if let Some(u) = &h.until {
-                let mut base = Vec::new();
-                base_queries(&self.policy, &u.condition, &mut base);
-                for (arm, m) in base {
-                    push(arm, m, cumulative);
-                }
+            let mut base = Vec::new();
+            base_queries(&self.policy, &u.condition, &mut base);
+            for (arm, m) in base {
+                push(arm, m, cumulative);
             }
         }
         out
@@ -625,6 +642,7 @@ impl Machine {
             records: Vec::new(),
             kinds: Vec::new(),
             evaluated: false,
+            passes: None,
             action: "wait",
             reason: String::new(),
         };
@@ -643,7 +661,7 @@ impl Machine {
             evaluated: cx.evaluated,
             rules: cx.records,
             failures: cx.kinds,
-            passes: state.passes,
+            passes: cx.passes.unwrap_or(state.passes),
             passes_needed: self.policy.evaluation.passes,
             action: cx.action.to_string(),
             reason: cx.reason,
@@ -658,9 +676,11 @@ impl Machine {
         let interval = ms(self.policy.evaluation.interval);
         match &state.phase {
             Phase::Promoted | Phase::RolledBack { .. } | Phase::Failed { .. } => None,
-            Phase::Holding { .. } | Phase::AwaitingApproval { .. } => {
-                Some(state.last_eval.map_or(now + interval, |t| (t + interval).max(now + 1)))
-            }
+            Phase::Holding { .. } | Phase::AwaitingApproval { .. } => Some(
+                state
+                    .last_eval
+                    .map_or(now + interval, |t| (t + interval).max(now + 1)),
+            ),
             Phase::Paused { .. } => Some(now + interval),
             Phase::Starting { .. }
             | Phase::ShiftingTraffic { .. }
@@ -677,6 +697,8 @@ struct Step<'m> {
     records: Vec<RuleRecord>,
     kinds: Vec<FailureKind>,
     evaluated: bool,
+    /// Passes counted at this evaluation (before a step change resets them).
+    passes: Option<u32>,
     action: &'static str,
     reason: String,
 }
@@ -701,10 +723,10 @@ impl<'m> Step<'m> {
             self.reason = format!("the rollout is over ({})", state.phase.name());
             return;
         }
-        if let Phase::Starting { since: 0 } = state.phase {
-            if state.started_at.is_none() {
-                state.phase = Phase::Starting { since: now };
-            }
+        if let Phase::Starting { since: 0 } = state.phase
+            && state.started_at.is_none()
+        {
+            state.phase = Phase::Starting { since: now };
         }
         // Operator commands. Abort always wins, whatever else arrived with it.
         if input.operator.contains(&Operator::Abort) {
@@ -720,29 +742,39 @@ impl<'m> Step<'m> {
         if let Some(start) = state.started_at {
             let deadline = ms(self.policy().evaluation.deadline);
             if now >= start.saturating_add(deadline)
-                && !matches!(state.phase, Phase::RollingBack { .. } | Phase::Promoting { .. })
+                && !matches!(
+                    state.phase,
+                    Phase::RollingBack { .. } | Phase::Promoting { .. }
+                )
             {
                 self.rollback(state, now, Reason::Deadline);
                 return self.confirm(state, input);
             }
         }
         // Revisions: the rollout judges one canary against one stable revision.
-        if let Some(c) = &input.cluster {
-            if c.ready && !matches!(state.phase, Phase::RollingBack { .. } | Phase::Promoting { .. } | Phase::Starting { .. }) {
-                let changed = match (&state.canary_revision, &state.stable_revision) {
-                    (Some(canary), _) if *canary != c.canary_revision => {
-                        Some(format!("canary was `{canary}`, is now `{}`", c.canary_revision))
-                    }
-                    (_, Some(stable)) if c.stable_revision.as_ref().is_some_and(|s| s != stable) => Some(format!(
+        if let Some(c) = &input.cluster
+            && c.ready
+            && !matches!(
+                state.phase,
+                Phase::RollingBack { .. } | Phase::Promoting { .. } | Phase::Starting { .. }
+            )
+        {
+            let changed = match (&state.canary_revision, &state.stable_revision) {
+                (Some(canary), _) if *canary != c.canary_revision => Some(format!(
+                    "canary was `{canary}`, is now `{}`",
+                    c.canary_revision
+                )),
+                (_, Some(stable)) if c.stable_revision.as_ref().is_some_and(|s| s != stable) => {
+                    Some(format!(
                         "stable was `{stable}`, is now `{}`",
                         c.stable_revision.clone().unwrap_or_default()
-                    )),
-                    _ => None,
-                };
-                if let Some(detail) = changed {
-                    self.rollback(state, now, Reason::RevisionChanged { detail });
-                    return self.confirm(state, input);
+                    ))
                 }
+                _ => None,
+            };
+            if let Some(detail) = changed {
+                self.rollback(state, now, Reason::RevisionChanged { detail });
+                return self.confirm(state, input);
             }
         }
         match state.phase.clone() {
@@ -767,7 +799,11 @@ impl<'m> Step<'m> {
             Operator::Abort => {}
             Operator::PromoteNow => {
                 if !matches!(state.phase, Phase::Promoting { .. }) {
-                    self.event(true, "PromotedByOperator", "an operator promoted the canary, skipping the remaining steps".into());
+                    self.event(
+                        true,
+                        "PromotedByOperator",
+                        "an operator promoted the canary, skipping the remaining steps".into(),
+                    );
                     self.promote(state, now);
                 }
             }
@@ -781,19 +817,29 @@ impl<'m> Step<'m> {
                     let resumed = match *resume {
                         Phase::Holding { .. } => Phase::Holding { since: now },
                         Phase::AwaitingApproval { .. } => Phase::AwaitingApproval { since: now },
-                        Phase::ShiftingTraffic { target, .. } => Phase::ShiftingTraffic { target, since: now },
+                        Phase::ShiftingTraffic { target, .. } => {
+                            Phase::ShiftingTraffic { target, since: now }
+                        }
                         other => other,
                     };
                     state.phase = resumed;
                     self.reset_evidence(state);
-                    self.event(false, "Resumed", format!("resumed at {}", self.m.step_label(state.step)));
+                    self.event(
+                        false,
+                        "Resumed",
+                        format!("resumed at {}", self.m.step_label(state.step)),
+                    );
                     self.action = "resume";
                     self.reason = "an operator resumed the rollout".into();
                 }
             }
             Operator::Approve => {
                 if matches!(state.phase, Phase::AwaitingApproval { .. }) {
-                    self.event(false, "Approved", format!("approval at step {} given", state.step + 1));
+                    self.event(
+                        false,
+                        "Approved",
+                        format!("approval at step {} given", state.step + 1),
+                    );
                     self.action = "approve";
                     self.reason = "an operator approved".into();
                     self.next_step(state, now);
@@ -814,14 +860,23 @@ impl<'m> Step<'m> {
             self.reason = "waiting for the canary revision to become ready".into();
             return self.settle_timeout(state, now, since);
         }
-        if c.stable_revision.as_deref() == Some(c.canary_revision.as_str()) || c.stable_revision.is_none() {
+        if c.stable_revision.as_deref() == Some(c.canary_revision.as_str())
+            || c.stable_revision.is_none()
+        {
             if c.canary_percent == 100 || c.stable_revision.is_none() {
                 state.phase = Phase::Failed {
                     reason: Reason::Preflight {
-                        detail: format!("no canary: `{}` already serves all traffic", c.canary_revision),
+                        detail: format!(
+                            "no canary: `{}` already serves all traffic",
+                            c.canary_revision
+                        ),
                     },
                 };
-                self.event(true, "NoCanary", "there is no canary revision distinct from the rolled-out one".into());
+                self.event(
+                    true,
+                    "NoCanary",
+                    "there is no canary revision distinct from the rolled-out one".into(),
+                );
                 self.action = "fail";
                 self.reason = "there is no canary revision to roll out".into();
                 return;
@@ -865,10 +920,18 @@ impl<'m> Step<'m> {
         match &s.kind {
             StepKind::Traffic { percent } => {
                 self.reset_evidence(state);
-                state.phase = Phase::ShiftingTraffic { target: *percent, since: now };
+                state.phase = Phase::ShiftingTraffic {
+                    target: *percent,
+                    since: now,
+                };
                 state.traffic = *percent;
-                self.commands.push(Command::SetTraffic { percent: *percent });
-                self.event(false, "TrafficShifted", format!("canary traffic set to {percent}% (step {})", step + 1));
+                self.commands
+                    .push(Command::SetTraffic { percent: *percent });
+                self.event(
+                    false,
+                    "TrafficShifted",
+                    format!("canary traffic set to {percent}% (step {})", step + 1),
+                );
                 self.action = "shift";
                 self.reason = format!("step {}: traffic {percent}%", step + 1);
             }
@@ -879,7 +942,11 @@ impl<'m> Step<'m> {
             }
             StepKind::Approval { .. } => {
                 state.phase = Phase::AwaitingApproval { since: now };
-                self.event(false, "AwaitingApproval", format!("step {}: waiting for `rolloutctl approve`", step + 1));
+                self.event(
+                    false,
+                    "AwaitingApproval",
+                    format!("step {}: waiting for `rolloutctl approve`", step + 1),
+                );
                 self.action = "await_approval";
                 self.reason = format!("step {}: waiting for approval", step + 1);
             }
@@ -911,13 +978,21 @@ impl<'m> Step<'m> {
             .as_ref()
             .is_some_and(|c| c.ready && c.observed && c.canary_percent == target);
         if settled {
-            self.event(false, "TrafficSettled", format!("the cluster serves {target}% to the canary"));
+            self.event(
+                false,
+                "TrafficSettled",
+                format!("the cluster serves {target}% to the canary"),
+            );
             return self.next_step(state, now);
         }
         if now.saturating_sub(since) >= ms(self.policy().evaluation.settle_timeout) {
             return self.rollback(state, now, Reason::SettleTimeout);
         }
-        if input.cluster.as_ref().is_some_and(|c| c.canary_percent != target) {
+        if input
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.canary_percent != target)
+        {
             // Idempotent: a merge patch to the same value changes nothing.
             self.commands.push(Command::SetTraffic { percent: target });
         }
@@ -930,21 +1005,42 @@ impl<'m> Step<'m> {
         let settle = ms(self.policy().evaluation.settle_timeout);
         match state.phase.clone() {
             Phase::Promoting { since } => {
-                if input.cluster.as_ref().is_some_and(|c| c.canary_percent == 100 && c.ready && c.observed) {
+                if input
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.canary_percent == 100 && c.ready && c.observed)
+                {
                     state.phase = Phase::Promoted;
                     state.traffic = 100;
-                    self.event(false, "Promoted", format!("`{}` serves all traffic", state.canary_revision.clone().unwrap_or_default()));
+                    self.event(
+                        false,
+                        "Promoted",
+                        format!(
+                            "`{}` serves all traffic",
+                            state.canary_revision.clone().unwrap_or_default()
+                        ),
+                    );
                     self.action = "promoted";
                     self.reason = "the cluster confirmed the promotion".into();
                 } else if now.saturating_sub(since) >= settle {
                     state.phase = Phase::Failed {
-                        reason: Reason::Unconfirmed { detail: "promotion".into() },
+                        reason: Reason::Unconfirmed {
+                            detail: "promotion".into(),
+                        },
                     };
-                    self.event(true, "PromotionNotConfirmed", "the cluster did not confirm the promotion in time".into());
+                    self.event(
+                        true,
+                        "PromotionNotConfirmed",
+                        "the cluster did not confirm the promotion in time".into(),
+                    );
                     self.action = "fail";
                     self.reason = "the promotion was not confirmed within `settle_timeout`".into();
                 } else {
-                    if input.cluster.as_ref().is_some_and(|c| c.canary_percent != 100) {
+                    if input
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.canary_percent != 100)
+                    {
                         self.commands.push(Command::Promote);
                     }
                     self.action = "wait";
@@ -952,17 +1048,34 @@ impl<'m> Step<'m> {
                 }
             }
             Phase::RollingBack { since, reason } => {
-                if input.cluster.as_ref().is_some_and(|c| c.canary_percent == 0 && c.observed) {
-                    self.event(true, "RolledBack", format!("all traffic is back on the stable revision: {}", reason.describe()));
+                if input
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.canary_percent == 0 && c.observed)
+                {
+                    self.event(
+                        true,
+                        "RolledBack",
+                        format!(
+                            "all traffic is back on the stable revision: {}",
+                            reason.describe()
+                        ),
+                    );
                     state.phase = Phase::RolledBack { reason };
                     state.traffic = 0;
                     self.action = "rolled_back";
                     self.reason = "the cluster confirmed the rollback".into();
                 } else if now.saturating_sub(since) >= settle {
                     state.phase = Phase::Failed {
-                        reason: Reason::Unconfirmed { detail: "rollback".into() },
+                        reason: Reason::Unconfirmed {
+                            detail: "rollback".into(),
+                        },
                     };
-                    self.event(true, "RollbackNotConfirmed", "the cluster did not confirm the rollback in time".into());
+                    self.event(
+                        true,
+                        "RollbackNotConfirmed",
+                        "the cluster did not confirm the rollback in time".into(),
+                    );
                     self.action = "fail";
                     self.reason = "the rollback was not confirmed within `settle_timeout`".into();
                 } else {
@@ -983,13 +1096,21 @@ impl<'m> Step<'m> {
         state.phase = Phase::Promoting { since: now };
         state.traffic = 100;
         self.commands.push(Command::Promote);
-        self.event(false, "Promoting", "sending all traffic to the canary".into());
+        self.event(
+            false,
+            "Promoting",
+            "sending all traffic to the canary".into(),
+        );
         self.action = "promote";
         self.reason = format!("step {}: promote", state.step + 1);
     }
 
     fn rollback(&mut self, state: &mut State, now: Millis, reason: Reason) {
-        self.event(true, "RollingBack", format!("rolling back: {}", reason.describe()));
+        self.event(
+            true,
+            "RollingBack",
+            format!("rolling back: {}", reason.describe()),
+        );
         self.action = "rollback";
         self.reason = reason.describe();
         state.phase = Phase::RollingBack { since: now, reason };
@@ -1002,7 +1123,11 @@ impl<'m> Step<'m> {
         self.action = "pause";
         self.reason = reason.describe();
         let resume = Box::new(state.phase.clone());
-        state.phase = Phase::Paused { since: now, reason, resume };
+        state.phase = Phase::Paused {
+            since: now,
+            reason,
+            resume,
+        };
     }
 
     fn act(&mut self, state: &mut State, now: Millis, action: Action, reason: Reason) {
@@ -1019,22 +1144,46 @@ impl<'m> Step<'m> {
     fn measured(&mut self, state: &mut State, input: &Input, since: Millis, approval: bool) {
         let now = input.now;
         // The cluster must stay readable and the canary ready while it is judged.
-        let ok = input.cluster.as_ref().is_some_and(|c| c.ready && c.observed && c.canary_percent == state.traffic);
+        let ok = input
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.ready && c.observed && c.canary_percent == state.traffic);
         if !ok && state.traffic > 0 {
             let unready = *state.unready_since.get_or_insert(now);
             state.passes = 0;
             if now.saturating_sub(unready) >= ms(self.policy().evaluation.settle_timeout) {
                 return self.rollback(state, now, Reason::SettleTimeout);
             }
-            if let Some(idx) = input.cluster.as_ref().map_or(Some(kind_index(FailureKind::QueryError)), |_| None) {
+            if let Some(idx) = input
+                .cluster
+                .as_ref()
+                .map_or(Some(kind_index(FailureKind::QueryError)), |_| None)
+            {
                 // Unreadable cluster: handled like a failed query.
                 let since_err = *state.failing_since[idx].get_or_insert(now);
-                if let Response::Hold { limit: Some((d, a)) } = self.policy().failure.query_error {
+                if let Response::Hold {
+                    limit: Some((d, a)),
+                } = self.policy().failure.query_error
+                {
                     if now.saturating_sub(since_err) >= ms(d) {
-                        return self.act(state, now, a, Reason::Measurement { kind: FailureKind::QueryError });
+                        return self.act(
+                            state,
+                            now,
+                            a,
+                            Reason::Measurement {
+                                kind: FailureKind::QueryError,
+                            },
+                        );
                     }
                 } else if let Response::Act(a) = self.policy().failure.query_error {
-                    return self.act(state, now, a, Reason::Measurement { kind: FailureKind::QueryError });
+                    return self.act(
+                        state,
+                        now,
+                        a,
+                        Reason::Measurement {
+                            kind: FailureKind::QueryError,
+                        },
+                    );
                 }
             }
             self.action = "wait";
@@ -1050,16 +1199,24 @@ impl<'m> Step<'m> {
             self.records = ev.records;
             self.kinds = ev.kinds.clone();
             state.passes = if ev.passing { state.passes + 1 } else { 0 };
+            self.passes = Some(state.passes);
             self.action = "evaluate";
             self.reason = if ev.passing {
-                format!("passing evaluation {} of {}", state.passes, self.policy().evaluation.passes)
+                format!(
+                    "passing evaluation ({} in a row, {} needed)",
+                    state.passes,
+                    self.policy().evaluation.passes
+                )
             } else {
                 "not a passing evaluation".into()
             };
             // Rules first: the strongest action wins.
             if let Some((action, rule)) = ev.acted {
                 let r = &self.policy().rules[rule];
-                let reason = Reason::Rule { rule: r.name.clone(), line: r.location.line };
+                let reason = Reason::Rule {
+                    rule: r.name.clone(),
+                    line: r.location.line,
+                };
                 if action == Action::Warn {
                     self.act(state, now, action, reason);
                 } else {
@@ -1078,7 +1235,9 @@ impl<'m> Step<'m> {
                 let since_k = *state.failing_since[i].get_or_insert(now);
                 let act = match self.policy().failure.get(kind) {
                     Response::Act(a) => Some(a),
-                    Response::Hold { limit: Some((d, a)) } if now.saturating_sub(since_k) >= ms(d) => Some(a),
+                    Response::Hold {
+                        limit: Some((d, a)),
+                    } if now.saturating_sub(since_k) >= ms(d) => Some(a),
                     Response::Hold { .. } => None,
                 };
                 if let Some(a) = act {
@@ -1100,10 +1259,13 @@ impl<'m> Step<'m> {
             }
         }
         if approval {
-            if let Some(StepKind::Approval { max: Some(max), otherwise }) = self.policy().steps.get(state.step).map(|s| s.kind.clone()) {
-                if now.saturating_sub(since) >= ms(max) {
-                    return self.act(state, now, otherwise, Reason::ApprovalLimit);
-                }
+            if let Some(StepKind::Approval {
+                max: Some(max),
+                otherwise,
+            }) = self.policy().steps.get(state.step).map(|s| s.kind.clone())
+                && now.saturating_sub(since) >= ms(max)
+            {
+                return self.act(state, now, otherwise, Reason::ApprovalLimit);
             }
             if self.action == "wait" {
                 self.action = "await_approval";
@@ -1130,28 +1292,45 @@ impl<'m> Step<'m> {
                     stale_after_ms: ms(self.policy().evaluation.stale_after),
                 };
                 let mut scratch = Vec::new();
-                self.evaluated && ctx.cond(&u.condition, cumulative_window(now, since), &mut scratch) == Ok(true)
+                self.evaluated
+                    && ctx.cond(&u.condition, cumulative_window(now, since), &mut scratch)
+                        == Ok(true)
             }
         };
         let min_ok = elapsed >= ms(h.min);
         let passes_ok = state.passes >= self.policy().evaluation.passes;
         if min_ok && until_ok && passes_ok {
-            self.event(false, "HoldPassed", format!("{} passed with {} fresh passing evaluations", self.m.step_label(state.step), state.passes));
-            self.action = "advance";
-            self.reason = format!(
+            self.event(
+                false,
+                "HoldPassed",
+                format!(
+                    "{} passed with {} fresh passing evaluations",
+                    self.m.step_label(state.step),
+                    state.passes
+                ),
+            );
+            let done = format!(
                 "{} done: {} elapsed, {} consecutive passing evaluations{}",
                 self.m.step_label(state.step),
                 rollout_policy::human_duration(std::time::Duration::from_millis(elapsed)),
                 state.passes,
-                if h.until.is_some() { ", condition met" } else { "" }
+                if h.until.is_some() {
+                    ", condition met"
+                } else {
+                    ""
+                }
             );
-            return self.next_step(state, now);
+            self.passes = Some(state.passes);
+            self.next_step(state, now);
+            self.reason = format!("{done}; next: {}", self.reason);
+            self.action = "advance";
+            return;
         }
-        if let Some(u) = &h.until {
-            if elapsed >= ms(u.max) {
-                let otherwise = u.otherwise;
-                return self.act(state, now, otherwise, Reason::HoldLimit);
-            }
+        if let Some(u) = &h.until
+            && elapsed >= ms(u.max)
+        {
+            let otherwise = u.otherwise;
+            self.act(state, now, otherwise, Reason::HoldLimit)
         }
     }
 
@@ -1174,7 +1353,11 @@ impl<'m> Step<'m> {
         let mut any_pass = false;
         for i in 0..policy.rules.len() {
             let e = self.m.effective(state, i);
-            let window = if e.rule.statistical.is_some() { cumulative } else { e.window_ms };
+            let window = if e.rule.statistical.is_some() {
+                cumulative
+            } else {
+                e.window_ms
+            };
             let mut record = RuleRecord {
                 rule: e.rule.name.clone(),
                 line: e.rule.location.line,
@@ -1197,12 +1380,19 @@ impl<'m> Step<'m> {
                     rs.consecutive += 1;
                     rs.total += 1;
                     let since = *rs.breach_since.get_or_insert(now);
-                    let count = if e.mode == FailureMode::Total { rs.total } else { rs.consecutive };
+                    let count = if e.mode == FailureMode::Total {
+                        rs.total
+                    } else {
+                        rs.consecutive
+                    };
                     record.failures = count;
                     record.breach_s = Some(now.saturating_sub(since) as f64 / 1000.0);
                     if count >= e.failures && now.saturating_sub(since) >= e.persistence_ms {
                         record.acted = true;
-                        if ev.acted.is_none_or(|(a, _)| severity(e.action) > severity(a)) {
+                        if ev
+                            .acted
+                            .is_none_or(|(a, _)| severity(e.action) > severity(a))
+                        {
                             ev.acted = Some((e.action, i));
                         }
                         // A warning starts the count again; a rollback or pause ends the hold anyway.
@@ -1217,17 +1407,25 @@ impl<'m> Step<'m> {
                 Verdict::Pass => {
                     rs.consecutive = 0;
                     rs.breach_since = None;
-                    record.failures = if e.mode == FailureMode::Total { rs.total } else { 0 };
+                    record.failures = if e.mode == FailureMode::Total {
+                        rs.total
+                    } else {
+                        0
+                    };
                     any_pass = true;
                 }
                 other => {
                     ev.passing = false;
-                    if let Some(k) = other.failure_kind() {
-                        if !ev.kinds.contains(&k) {
-                            ev.kinds.push(k);
-                        }
+                    if let Some(k) = other.failure_kind()
+                        && !ev.kinds.contains(&k)
+                    {
+                        ev.kinds.push(k);
                     }
-                    record.failures = if e.mode == FailureMode::Total { rs.total } else { rs.consecutive };
+                    record.failures = if e.mode == FailureMode::Total {
+                        rs.total
+                    } else {
+                        rs.consecutive
+                    };
                 }
             }
             ev.records.push(record);
@@ -1243,7 +1441,14 @@ impl<'m> Step<'m> {
 
     /// One rule's verdict, in the documented order: query error, guards' data, guards, the
     /// condition's data, the condition.
-    fn judge(&self, ctx: &Ctx<'_>, e: &Effective<'_>, window: u64, rs: &mut RuleState, record: &mut RuleRecord) -> Verdict {
+    fn judge(
+        &self,
+        ctx: &Ctx<'_>,
+        e: &Effective<'_>,
+        window: u64,
+        rs: &mut RuleState,
+        record: &mut RuleRecord,
+    ) -> Verdict {
         let mut guard_results = Vec::new();
         for g in e.guards {
             guard_results.push(ctx.cond(g, window, &mut record.require));
@@ -1259,7 +1464,8 @@ impl<'m> Step<'m> {
                 count(Arm::Stable, s.denominator),
             )
         });
-        let mut all: Vec<Result<(), Missing>> = guard_results.iter().map(|r| r.map(|_| ())).collect();
+        let mut all: Vec<Result<(), Missing>> =
+            guard_results.iter().map(|r| r.map(|_| ())).collect();
         all.push(when.map(|_| ()));
         if let Some((s, a, b, c, d)) = &stat {
             all.push(a.map(|_| ()));
@@ -1269,7 +1475,7 @@ impl<'m> Step<'m> {
                 all.push(d.map(|_| ()));
             }
         }
-        if all.iter().any(|r| *r == Err(Missing::Error)) {
+        if all.contains(&Err(Missing::Error)) {
             return Verdict::QueryError;
         }
         for g in &guard_results {
@@ -1277,7 +1483,7 @@ impl<'m> Step<'m> {
                 return Verdict::from_missing(*m);
             }
         }
-        if guard_results.iter().any(|g| *g == Ok(false)) {
+        if guard_results.contains(&Ok(false)) {
             return Verdict::Inconclusive;
         }
         let Some((s, x1, n1, x2, n2)) = stat else {
@@ -1289,7 +1495,11 @@ impl<'m> Step<'m> {
         };
         // Statistical rules: counts of this period.
         let rel = matches!(s.baseline, StatBaseline::Relative { .. });
-        let vals = if rel { vec![x1, n1, x2, n2] } else { vec![x1, n1] };
+        let vals = if rel {
+            vec![x1, n1, x2, n2]
+        } else {
+            vec![x1, n1]
+        };
         if let Some(m) = vals.iter().filter_map(|v| v.err()).max() {
             return Verdict::from_missing(m);
         }
@@ -1302,7 +1512,8 @@ impl<'m> Step<'m> {
         let x2 = x2.min(n2);
         // A new look only when the canary's trials grew by a quarter: the number of looks grows
         // with the logarithm of the sample, so the alpha spent per look stays useful.
-        let new_look = rs.looks == 0 || rs.last_look_n == 0 || n1 as f64 >= rs.last_look_n as f64 * 1.25;
+        let new_look =
+            rs.looks == 0 || rs.last_look_n == 0 || n1 as f64 >= rs.last_look_n as f64 * 1.25;
         if !new_look {
             // Between looks the last decision stands: no new evidence of a breach.
             return Verdict::Pass;
@@ -1321,6 +1532,10 @@ impl<'m> Step<'m> {
             alpha,
             look: rs.looks,
         });
-        if p <= alpha { Verdict::Fail } else { Verdict::Pass }
+        if p <= alpha {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        }
     }
 }

@@ -126,7 +126,9 @@ impl Plan {
                 Some(m) => max_total += m,
                 None => bounded = false,
             }
-            let measured = matches!(s.kind, StepKind::Hold(_) | StepKind::Approval { .. }) && traffic > 0 && traffic < 100;
+            let measured = matches!(s.kind, StepKind::Hold(_) | StepKind::Approval { .. })
+                && traffic > 0
+                && traffic < 100;
             let detection: Vec<(String, Option<f64>)> = if measured {
                 p.rules
                     .iter()
@@ -169,7 +171,11 @@ impl Plan {
                 traffic,
                 min_s,
                 max_s,
-                exposure_pct_min: if measured { f64::from(traffic) * min_s / 60.0 } else { 0.0 },
+                exposure_pct_min: if measured {
+                    f64::from(traffic) * min_s / 60.0
+                } else {
+                    0.0
+                },
                 detection,
                 bad_exposure_pct_min: fastest_rollback.map(|d| f64::from(traffic) * d / 60.0),
             });
@@ -184,7 +190,11 @@ impl Plan {
             steps,
             rules,
             min_total_s: min_total.min(deadline),
-            max_total_s: if bounded { max_total.min(deadline) } else { deadline },
+            max_total_s: if bounded {
+                max_total.min(deadline)
+            } else {
+                deadline
+            },
         }
     }
 
@@ -201,7 +211,11 @@ impl Plan {
             d(self.scrape_s),
             d(self.deadline_s)
         );
-        let _ = writeln!(o, "{:<4} {:<28} {:>7} {:>9} {:>9} {:>12}  worst-case detection", "step", "", "traffic", "min", "max", "exposure");
+        let _ = writeln!(
+            o,
+            "{:<4} {:<28} {:>7} {:>9} {:>9} {:>12}  worst-case detection",
+            "step", "", "traffic", "min", "max", "exposure"
+        );
         for s in &self.steps {
             let det = s
                 .detection
@@ -217,11 +231,20 @@ impl Plan {
                 s.traffic,
                 d(s.min_s),
                 s.max_s.map_or("deadline".into(), d),
-                if s.exposure_pct_min > 0.0 { format!("{:.0} %·min", s.exposure_pct_min) } else { "-".into() },
+                if s.exposure_pct_min > 0.0 {
+                    format!("{:.0} %·min", s.exposure_pct_min)
+                } else {
+                    "-".into()
+                },
                 det
             );
         }
-        let _ = writeln!(o, "\nduration: at least {}, at most {}", d(self.min_total_s), d(self.max_total_s));
+        let _ = writeln!(
+            o,
+            "\nduration: at least {}, at most {}",
+            d(self.min_total_s),
+            d(self.max_total_s)
+        );
         let _ = writeln!(o, "\nrules:");
         for r in &self.rules {
             let _ = writeln!(
@@ -230,7 +253,10 @@ impl Plan {
                 r.name,
                 r.line,
                 r.action.keyword(),
-                r.confidence.map_or(String::new(), |c| format!(", statistical at {:.2}% confidence", c * 100.0)),
+                r.confidence.map_or(String::new(), |c| format!(
+                    ", statistical at {:.2}% confidence",
+                    c * 100.0
+                )),
                 d(r.for_s),
                 r.failures,
                 d(r.window_s)
@@ -240,7 +266,9 @@ impl Plan {
         let resp = |r: Response| match r {
             Response::Act(a) => a.keyword().to_string(),
             Response::Hold { limit: None } => "hold".into(),
-            Response::Hold { limit: Some((t, a)) } => format!("hold {} then {}", human_duration(t), a.keyword()),
+            Response::Hold {
+                limit: Some((t, a)),
+            } => format!("hold {} then {}", human_duration(t), a.keyword()),
         };
         let _ = writeln!(
             o,
@@ -266,7 +294,11 @@ impl Plan {
         for s in &self.steps {
             let id = format!("s{}", s.number);
             let _ = writeln!(o, "    {id} : {} ({}%)", s.label, s.traffic);
-            let next = if s.number < self.steps.len() { format!("s{}", s.number + 1) } else { "Promoted".into() };
+            let next = if s.number < self.steps.len() {
+                format!("s{}", s.number + 1)
+            } else {
+                "Promoted".into()
+            };
             let label = match &p.steps[s.number - 1].kind {
                 StepKind::Traffic { .. } => "settled".to_string(),
                 StepKind::Hold(_) => format!("{} passing evaluations", p.evaluation.passes),

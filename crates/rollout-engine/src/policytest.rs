@@ -120,7 +120,10 @@ fn fmt_time(ms: Millis) -> String {
 
 /// The milestones of a run, one per line with its time.
 pub fn timeline(r: &RunResult) -> Vec<String> {
-    r.events.iter().map(|e| format!("{} {}", fmt_time(e.at), e.what)).collect()
+    r.events
+        .iter()
+        .map(|e| format!("{} {}", fmt_time(e.at), e.what))
+        .collect()
 }
 
 /// Runs one test case against a machine.
@@ -138,7 +141,13 @@ pub fn run_case(machine: &Machine, case: &TestCase, scenario: &Scenario) -> Case
         if !failures.is_empty() {
             result.failures = failures
                 .into_iter()
-                .map(|f| if result.runs > 1 { format!("run {} (seed {}): {f}", run + 1, scenario.seed + run as u64) } else { f })
+                .map(|f| {
+                    if result.runs > 1 {
+                        format!("run {} (seed {}): {f}", run + 1, scenario.seed + run as u64)
+                    } else {
+                        f
+                    }
+                })
                 .collect();
             result.timeline = timeline(&r);
             result.diff = diff;
@@ -150,10 +159,13 @@ pub fn run_case(machine: &Machine, case: &TestCase, scenario: &Scenario) -> Case
 
 fn judge(e: &Expect, r: &RunResult, scenario: &Scenario) -> (Vec<String>, Option<String>) {
     let mut f = Vec::new();
-    if let Some(o) = &e.outcome {
-        if o != r.outcome.as_str() {
-            f.push(format!("expected outcome `{o}`, got `{}`", r.outcome.as_str()));
-        }
+    if let Some(o) = &e.outcome
+        && o != r.outcome.as_str()
+    {
+        f.push(format!(
+            "expected outcome `{o}`, got `{}`",
+            r.outcome.as_str()
+        ));
     }
     let acted = match (r.rollback_at, r.pause_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -167,22 +179,33 @@ fn judge(e: &Expect, r: &RunResult, scenario: &Scenario) -> (Vec<String>, Option
                 .is_some_and(|p| p >= limit && acted.is_none_or(|a| ev.at <= a))
         }) || (limit <= 100 && r.events.iter().any(|ev| ev.what == "promote"));
         if acted.is_none() {
-            f.push(format!("expected a rollback or pause before traffic {limit}%, but there was none"));
+            f.push(format!(
+                "expected a rollback or pause before traffic {limit}%, but there was none"
+            ));
         } else if reached {
-            f.push(format!("expected a rollback or pause before traffic {limit}%, but traffic reached it first"));
+            f.push(format!(
+                "expected a rollback or pause before traffic {limit}%, but traffic reached it first"
+            ));
         }
     }
-    if let Some(max) = e.max_traffic {
-        if r.max_traffic > max {
-            f.push(format!("expected traffic at most {max}%, but the canary was asked for {}%", r.max_traffic));
-        }
+    if let Some(max) = e.max_traffic
+        && r.max_traffic > max
+    {
+        f.push(format!(
+            "expected traffic at most {max}%, but the canary was asked for {}%",
+            r.max_traffic
+        ));
     }
     if let Some(w) = &e.within {
         match parse_duration(w) {
             Err(err) => f.push(format!("`within`: {err}")),
             Ok(limit) => match (scenario.onset(), r.detection()) {
-                (None, _) => f.push("`within` needs a scenario with a change (the regression onset)".into()),
-                (Some(_), None) => f.push(format!("expected a rollback or pause within {w} of the regression, but there was none")),
+                (None, _) => {
+                    f.push("`within` needs a scenario with a change (the regression onset)".into())
+                }
+                (Some(_), None) => f.push(format!(
+                    "expected a rollback or pause within {w} of the regression, but there was none"
+                )),
                 (Some(_), Some(d)) if d > limit => f.push(format!(
                     "expected a rollback or pause within {w} of the regression, it took {}",
                     rollout_policy::human_duration(std::time::Duration::from_millis(d))
@@ -209,10 +232,13 @@ fn judge(e: &Expect, r: &RunResult, scenario: &Scenario) -> (Vec<String>, Option
             diff = Some(line_diff(expected, &actual));
         }
     }
-    if let Some(reason) = &e.reason {
-        if !reason_of(r).contains(reason.as_str()) {
-            f.push(format!("expected the reason to mention `{reason}`, it was `{}`", reason_of(r)));
-        }
+    if let Some(reason) = &e.reason
+        && !reason_of(r).contains(reason.as_str())
+    {
+        f.push(format!(
+            "expected the reason to mention `{reason}`, it was `{}`",
+            reason_of(r)
+        ));
     }
     (f, diff)
 }
@@ -227,7 +253,11 @@ pub fn line_diff(expected: &[String], actual: &[String]) -> String {
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if expected[i] == actual[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if expected[i] == actual[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j) = (0, 0);
@@ -237,12 +267,12 @@ pub fn line_diff(expected: &[String], actual: &[String]) -> String {
             out.push_str(&format!("  {}\n", expected[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("+ {}\n", actual[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out.push_str(&format!("- {}\n", expected[i]));
             i += 1;
+        } else {
+            out.push_str(&format!("+ {}\n", actual[j]));
+            j += 1;
         }
     }
     out
@@ -254,9 +284,18 @@ mod tests {
 
     #[test]
     fn diff_marks_missing_and_extra_lines() {
-        let e: Vec<String> = ["traffic 10%", "traffic 25%", "promote"].iter().map(|s| s.to_string()).collect();
-        let a: Vec<String> = ["traffic 10%", "rollback"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(line_diff(&e, &a), "  traffic 10%\n- traffic 25%\n- promote\n+ rollback\n");
+        let e: Vec<String> = ["traffic 10%", "traffic 25%", "promote"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let a: Vec<String> = ["traffic 10%", "rollback"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            line_diff(&e, &a),
+            "  traffic 10%\n- traffic 25%\n- promote\n+ rollback\n"
+        );
     }
 
     #[test]

@@ -225,9 +225,13 @@ enum NumOrStr {
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (or a number of seconds).
 pub fn parse_duration(s: &str) -> Result<Millis, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like `30s` or `5m`"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like `30s` or `5m`"))?;
     let per = match unit.trim() {
         "ms" => 1.0,
         "s" | "" => 1000.0,
@@ -258,7 +262,11 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
         None => s.parse::<f64>(),
     }
     .map_err(|_| format!("`{s}` is not a rate like `0.5%` or `0.005`"))?;
-    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("`{s}` is outside 0..100%")) }
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is outside 0..100%"))
+    }
 }
 
 fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -294,6 +302,8 @@ mod tests {
     fn rejects_unknown_fields_and_bad_values() {
         assert!(Scenario::from_yaml("rps: 1\nstable: {error_rate: 1%}\nfoo: 1\n").is_err());
         assert!(Scenario::from_yaml("rps: 1\nstable: {error_rate: 150%}\n").is_err());
-        assert!(Scenario::from_yaml("rps: 1\nstable: {error_rate: 1%}\nduration: 5 minutes\n").is_err());
+        assert!(
+            Scenario::from_yaml("rps: 1\nstable: {error_rate: 1%}\nduration: 5 minutes\n").is_err()
+        );
     }
 }

@@ -11,7 +11,10 @@ use rollout_policy::model::{Arm, MetricKind};
 use crate::rng::Rng;
 use crate::scenario::{ArmName, Behaviour, Scenario};
 use crate::stats::normal_quantile;
-use crate::{Cluster, Command, Decision, Input, Machine, Millis, Observations, Operator, Outcome, QueryKey, Sample};
+use crate::{
+    Cluster, Command, Decision, Input, Machine, Millis, Observations, Operator, Outcome, QueryKey,
+    Sample,
+};
 
 /// One scrape interval of generated traffic for one arm.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,8 +78,12 @@ impl RunResult {
         self.events
             .iter()
             .filter(|e| e.at <= at)
-            .filter_map(|e| e.what.strip_prefix("traffic ").and_then(|p| p.trim_end_matches('%').parse().ok()))
-            .last()
+            .filter_map(|e| {
+                e.what
+                    .strip_prefix("traffic ")
+                    .and_then(|p| p.trim_end_matches('%').parse().ok())
+            })
+            .next_back()
     }
 }
 
@@ -123,7 +130,13 @@ impl<'a> Simulation<'a> {
     pub fn new(machine: &'a Machine, scenario: &'a Scenario, run: u64, record: bool) -> Self {
         let scrape_ms = scenario
             .scrape_interval
-            .or_else(|| machine.policy().prometheus.scrape_interval.map(|d| d.as_millis() as Millis))
+            .or_else(|| {
+                machine
+                    .policy()
+                    .prometheus
+                    .scrape_interval
+                    .map(|d| d.as_millis() as Millis)
+            })
             .unwrap_or(15_000)
             .max(100);
         let stable = scenario.stable.clone();
@@ -144,7 +157,11 @@ impl<'a> Simulation<'a> {
     }
 
     fn canary_percent_at(&self, t: Millis) -> u8 {
-        self.applied.iter().rev().find(|(_, from)| *from <= t).map_or(0, |(p, _)| *p)
+        self.applied
+            .iter()
+            .rev()
+            .find(|(_, from)| *from <= t)
+            .map_or(0, |(p, _)| *p)
     }
 
     /// Generates traffic up to time `t`.
@@ -173,10 +190,18 @@ impl<'a> Simulation<'a> {
                 }
                 self.change_idx += 1;
             }
-            let canary_pct = if self.scenario.canary_ready { self.canary_percent_at(start) } else { 0 };
+            let canary_pct = if self.scenario.canary_ready {
+                self.canary_percent_at(start)
+            } else {
+                0
+            };
             let secs = self.scrape_ms as f64 / 1000.0;
             for i in 0..2 {
-                let share = if i == 0 { f64::from(canary_pct) } else { f64::from(100 - canary_pct) } / 100.0;
+                let share = if i == 0 {
+                    f64::from(canary_pct)
+                } else {
+                    f64::from(100 - canary_pct)
+                } / 100.0;
                 let requests = self.rng.poisson(self.rps * share * secs);
                 let errors = self.rng.binomial(requests, self.behaviour[i].error_rate);
                 let (mu, sigma) = lognormal(&self.behaviour[i]);
@@ -220,12 +245,23 @@ impl<'a> Simulation<'a> {
         let requests: u64 = window.iter().map(|b| b.requests).sum();
         let errors: u64 = window.iter().map(|b| b.errors).sum();
         if let Some(v) = self.scenario.metrics.get(&name) {
-            let value = if key.arm == Arm::Canary { v.canary } else { v.stable };
+            let value = if key.arm == Arm::Canary {
+                v.canary
+            } else {
+                v.stable
+            };
             if !present {
                 return Sample::NoData;
             }
-            let value = if v.per_request { (value * requests as f64).round() } else { value };
-            return Sample::Value { value, at: sample_at };
+            let value = if v.per_request {
+                (value * requests as f64).round()
+            } else {
+                value
+            };
+            return Sample::Value {
+                value,
+                at: sample_at,
+            };
         }
         let value = match name.as_str() {
             "requests" if present => requests as f64,
@@ -253,7 +289,10 @@ impl<'a> Simulation<'a> {
             _ => return Sample::NoData,
         };
         match metric.kind {
-            MetricKind::Query(_) => Sample::Value { value, at: sample_at },
+            MetricKind::Query(_) => Sample::Value {
+                value,
+                at: sample_at,
+            },
             MetricKind::Derived(_) => Sample::NoData,
         }
     }
@@ -262,7 +301,11 @@ impl<'a> Simulation<'a> {
         let pct = self.canary_percent_at(t);
         Cluster {
             canary_percent: pct,
-            canary_revision: if self.scenario.canary_ready { "canary-00002".into() } else { "stable-00001".into() },
+            canary_revision: if self.scenario.canary_ready {
+                "canary-00002".into()
+            } else {
+                "stable-00001".into()
+            },
             stable_revision: (pct < 100).then(|| "stable-00001".into()),
             ready: self.scenario.canary_ready,
             observed: self.pending.is_none_or(|(_, at)| at <= t),
@@ -291,11 +334,11 @@ impl<'a> Simulation<'a> {
         let mut last_phase = String::new();
         loop {
             // The cluster applies a pending change once it has settled.
-            if let Some((p, at)) = self.pending {
-                if at <= t {
-                    self.applied.push((p, at));
-                    self.pending = None;
-                }
+            if let Some((p, at)) = self.pending
+                && at <= t
+            {
+                self.applied.push((p, at));
+                self.pending = None;
             }
             self.generate_until(t);
             let mut operator: Vec<Operator> = Vec::new();
@@ -331,7 +374,9 @@ impl<'a> Simulation<'a> {
                     Command::Event { .. } => None,
                 };
                 if let Some(p) = target {
-                    let current = self.pending.map_or_else(|| self.canary_percent_at(t), |(p, _)| p);
+                    let current = self
+                        .pending
+                        .map_or_else(|| self.canary_percent_at(t), |(p, _)| p);
                     if p != current {
                         let label = match c {
                             Command::Promote => "promote".to_string(),
@@ -354,8 +399,14 @@ impl<'a> Simulation<'a> {
                 if phase == "paused" && result.pause_at.is_none() {
                     result.pause_at = Some(t);
                 }
-                if matches!(phase.as_str(), "paused" | "promoted" | "rolled_back" | "failed" | "awaiting_approval") {
-                    result.events.push(Event { at: t, what: phase.clone() });
+                if matches!(
+                    phase.as_str(),
+                    "paused" | "promoted" | "rolled_back" | "failed" | "awaiting_approval"
+                ) {
+                    result.events.push(Event {
+                        at: t,
+                        what: phase.clone(),
+                    });
                 }
                 last_phase = phase;
             }
@@ -367,10 +418,10 @@ impl<'a> Simulation<'a> {
             }
             // Wake for the machine, or when the cluster applies a change (a watch event).
             let mut next = wake.max(t + 1);
-            if let Some((_, at)) = self.pending {
-                if at > t {
-                    next = next.min(at);
-                }
+            if let Some((_, at)) = self.pending
+                && at > t
+            {
+                next = next.min(at);
             }
             if let Some(o) = ops.get(op_idx) {
                 next = next.min(o.at.max(t + 1));
@@ -380,7 +431,9 @@ impl<'a> Simulation<'a> {
         result.outcome = Outcome::of(&state);
         result.end = t;
         result.end_reason = match &state.phase {
-            crate::Phase::RolledBack { reason } | crate::Phase::Failed { reason } | crate::Phase::Paused { reason, .. } => Some(reason.describe()),
+            crate::Phase::RolledBack { reason }
+            | crate::Phase::Failed { reason }
+            | crate::Phase::Paused { reason, .. } => Some(reason.describe()),
             crate::Phase::Promoted => Some("promoted".into()),
             _ => None,
         };
@@ -453,10 +506,10 @@ pub fn run_batch(machine: &Machine, scenario: &Scenario, runs: usize) -> BatchSu
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let (Some(a), Some(o)) = (acted, r.onset) {
-            if a < o {
-                s.acted_before_onset += 1;
-            }
+        if let (Some(a), Some(o)) = (acted, r.onset)
+            && a < o
+        {
+            s.acted_before_onset += 1;
         }
     }
     s.detection_s.sort_by(f64::total_cmp);

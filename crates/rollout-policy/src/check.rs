@@ -1109,7 +1109,30 @@ impl<'a> Checker<'a> {
             component: "predictor",
             window: WINDOW_SENTINEL,
         };
-        let rendered = t.render(&sample);
+        self.validate_promql(name, t, span, prom, &sample);
+    }
+
+    #[cfg(not(feature = "promql"))]
+    fn validate_promql(
+        &mut self,
+        _: &str,
+        _: &Template,
+        _: Span,
+        _: Option<&PrometheusSource>,
+        _: &Vars<'_>,
+    ) {
+    }
+
+    #[cfg(feature = "promql")]
+    fn validate_promql(
+        &mut self,
+        name: &str,
+        t: &Template,
+        span: Span,
+        prom: Option<&PrometheusSource>,
+        sample: &Vars<'_>,
+    ) {
+        let rendered = t.render(sample);
         match promql_parser::parser::parse(&rendered) {
             Err(e) => {
                 let first = e.lines().next().unwrap_or("").trim().to_string();
@@ -2237,6 +2260,7 @@ fn collect_paths<'e>(e: &'e ast::Expr, out: &mut Vec<&'e [ast::Ident]>) {
     }
 }
 
+#[cfg(feature = "promql")]
 fn collect_ranges(e: &promql_parser::parser::Expr, out: &mut Vec<Duration>) {
     use promql_parser::parser::Expr as P;
     match e {

@@ -395,7 +395,9 @@ impl CmpOp {
 }
 
 /// Which revision a metric is read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arm {
     /// The new revision (`latestRevision: true`).

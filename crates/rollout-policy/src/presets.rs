@@ -120,7 +120,7 @@ pub fn preset(name: &str) -> Option<Vec<(PresetMetric, String)>> {
     ])
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "promql"))]
 mod tests {
     use std::time::Duration;
 

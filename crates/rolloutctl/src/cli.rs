@@ -54,10 +54,14 @@ pub enum Command {
     #[command(after_help = "Examples:\n  rolloutctl explain R1003\n  rolloutctl explain --list")]
     Explain(ExplainArgs),
     /// Show what a policy will do: steps, durations, detection times, exposure
-    #[command(after_help = "Examples:\n  rolloutctl plan policies/sklearn-iris-canary.rollout\n  rolloutctl plan --format mermaid policies/sklearn-iris-canary.rollout")]
+    #[command(
+        after_help = "Examples:\n  rolloutctl plan policies/sklearn-iris-canary.rollout\n  rolloutctl plan --format mermaid policies/sklearn-iris-canary.rollout"
+    )]
     Plan(PlanArgs),
     /// Run a policy against a simulated canary on virtual time
-    #[command(after_help = "Examples:\n  rolloutctl simulate policies/sklearn-iris-canary.rollout --scenario examples/scenarios/error-regression-10.yaml\n  rolloutctl simulate --runs 1000 policies/low-traffic-fraud-model.rollout --scenario examples/scenarios/low-traffic-2x.yaml")]
+    #[command(
+        after_help = "Examples:\n  rolloutctl simulate policies/sklearn-iris-canary.rollout --scenario examples/scenarios/error-regression-10.yaml\n  rolloutctl simulate --runs 1000 policies/low-traffic-fraud-model.rollout --scenario examples/scenarios/low-traffic-2x.yaml"
+    )]
     Simulate(SimulateArgs),
     /// Run policy unit tests (`*.test.yaml`)
     #[command(after_help = "Examples:\n  rolloutctl test tests/policies/")]

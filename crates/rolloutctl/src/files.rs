@@ -79,7 +79,11 @@ pub fn load_policy(path: &Path) -> Result<rollout_engine::Machine, crate::comman
     match checked.policy {
         Some(p) => Ok(rollout_engine::Machine::compile(p)),
         None => {
-            eprintln!("error: {} has errors; fix them first (`rolloutctl lint {}`)", path.display(), path.display());
+            eprintln!(
+                "error: {} has errors; fix them first (`rolloutctl lint {}`)",
+                path.display(),
+                path.display()
+            );
             Err(Exit::Problems)
         }
     }
@@ -90,7 +94,8 @@ pub fn collect_suffix(paths: &[PathBuf], suffix: &str) -> Result<Vec<PathBuf>, S
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk_suffix(p, suffix, &mut out).map_err(|e| format!("cannot read directory {}: {e}", p.display()))?;
+            walk_suffix(p, suffix, &mut out)
+                .map_err(|e| format!("cannot read directory {}: {e}", p.display()))?;
         } else if p.exists() {
             out.push(p.clone());
         } else {

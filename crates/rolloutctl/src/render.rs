@@ -249,7 +249,10 @@ pub fn decision(d: &rollout_engine::Decision) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         let test = r.test.as_ref().map_or(String::new(), |t| {
-            format!("  p={:.2e} (alpha {:.2e}, look {}) canary {}/{}", t.p_value, t.alpha, t.look, t.canary.0, t.canary.1)
+            format!(
+                "  p={:.2e} (alpha {:.2e}, look {}) canary {}/{}",
+                t.p_value, t.alpha, t.look, t.canary.0, t.canary.1
+            )
         });
         let _ = writeln!(
             out,
@@ -258,7 +261,11 @@ pub fn decision(d: &rollout_engine::Decision) -> String {
             format!("{:?}", r.verdict).to_lowercase(),
             cmp,
             test,
-            if r.acted { format!("  -> {}", r.action.keyword()) } else { String::new() }
+            if r.acted {
+                format!("  -> {}", r.action.keyword())
+            } else {
+                String::new()
+            }
         );
     }
     out
@@ -278,7 +285,9 @@ pub fn timeline(r: &rollout_engine::sim::RunResult) -> String {
         "\noutcome: {} at {}{}",
         r.outcome.as_str(),
         hms(r.end),
-        r.end_reason.as_ref().map_or(String::new(), |x| format!(" ({x})"))
+        r.end_reason
+            .as_ref()
+            .map_or(String::new(), |x| format!(" ({x})"))
     );
     if let Some(d) = r.detection() {
         let _ = writeln!(out, "detected {} after the regression began", hms(d));
@@ -299,10 +308,17 @@ pub fn batch(s: &rollout_engine::sim::BatchSummary) -> String {
         pct(s.stalled)
     );
     if s.acted_before_onset > 0 {
-        let _ = writeln!(out, "acted before the regression began: {:.1}%", pct(s.acted_before_onset));
+        let _ = writeln!(
+            out,
+            "acted before the regression began: {:.1}%",
+            pct(s.acted_before_onset)
+        );
     }
     if !s.detection_s.is_empty() {
-        let p = |q| s.detection_percentile(q).map_or("n/a".to_string(), |v| format!("{v:.0}s"));
+        let p = |q| {
+            s.detection_percentile(q)
+                .map_or("n/a".to_string(), |v| format!("{v:.0}s"))
+        };
         let _ = writeln!(
             out,
             "detection time ({} runs): p50 {}, p90 {}, p99 {}, max {}",

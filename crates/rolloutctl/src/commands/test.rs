@@ -32,19 +32,18 @@ pub fn run(args: &super::super::cli::TestArgs) -> Exit {
         }
     }
     println!("\npolicy tests: {passed} passed, {failed} failed");
-    if failed > 0 {
-        Exit::Problems
-    } else {
-        exit
-    }
+    if failed > 0 { Exit::Problems } else { exit }
 }
 
 fn run_file(path: &Path) -> Result<(usize, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let file = TestFile::from_yaml(&text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let machine = files::load_policy(&dir.join(&file.policy)).map_err(|_| format!("policy {} is not usable", file.policy))?;
-    let read = |rel: &str| std::fs::read_to_string(dir.join(rel)).map_err(|e| format!("cannot read {rel}: {e}"));
+    let machine = files::load_policy(&dir.join(&file.policy))
+        .map_err(|_| format!("policy {} is not usable", file.policy))?;
+    let read = |rel: &str| {
+        std::fs::read_to_string(dir.join(rel)).map_err(|e| format!("cannot read {rel}: {e}"))
+    };
     println!("{} ({})", path.display(), file.policy);
     let (mut passed, mut failed) = (0, 0);
     for case in &file.tests {
@@ -52,7 +51,15 @@ fn run_file(path: &Path) -> Result<(usize, usize), String> {
         let r = policytest::run_case(&machine, case, &scenario);
         if r.failures.is_empty() {
             passed += 1;
-            println!("  ok    {}{}", r.name, if r.runs > 1 { format!(" ({} runs)", r.runs) } else { String::new() });
+            println!(
+                "  ok    {}{}",
+                r.name,
+                if r.runs > 1 {
+                    format!(" ({} runs)", r.runs)
+                } else {
+                    String::new()
+                }
+            );
         } else {
             failed += 1;
             println!("  FAIL  {}", r.name);
