@@ -414,6 +414,14 @@ pub struct Output {
 #[derive(Clone, Debug)]
 pub struct Machine {
     policy: Arc<Policy>,
+    /// Per rule: the query metrics its condition, guards and test read (derived expanded).
+    rule_queries: Arc<[Vec<(Arm, usize)>]>,
+    /// Per rule: (hold step, queries of that step's `require` override).
+    override_queries: Arc<[Vec<(usize, Vec<(Arm, usize)>)>]>,
+    /// Per step: the queries of a hold's `until` condition.
+    until_queries: Arc<[Vec<(Arm, usize)>]>,
+    /// Per step (and one past the end): its label.
+    labels: Arc<[String]>,
 }
 
 /// The effective settings of a rule at the current step (overrides applied).
@@ -464,6 +472,30 @@ fn severity(a: Action) -> u8 {
     }
 }
 
+/// A step's label.
+fn label(policy: &Policy, step: usize) -> String {
+    match policy.steps.get(step).map(|s| &s.kind) {
+        Some(StepKind::Traffic { percent }) => format!("traffic {percent}%"),
+        Some(StepKind::Hold(h)) => {
+            let mut s = "hold".to_string();
+            if !h.min.is_zero() {
+                s.push(' ');
+                s.push_str(&rollout_policy::human_duration(h.min));
+            }
+            if let Some(u) = &h.until {
+                s.push_str(&format!(
+                    " until ... max {}",
+                    rollout_policy::human_duration(u.max)
+                ));
+            }
+            s
+        }
+        Some(StepKind::Approval { .. }) => "approval".into(),
+        Some(StepKind::Promote) => "promote".into(),
+        None => "end".into(),
+    }
+}
+
 /// Rounds a cumulative window to whole seconds (at least one), so queries stay tidy.
 fn cumulative_window(now: Millis, since: Millis) -> u64 {
     (now.saturating_sub(since) / 1000).max(1) * 1000
@@ -472,8 +504,69 @@ fn cumulative_window(now: Millis, since: Millis) -> u64 {
 impl Machine {
     /// Compiles a checked policy.
     pub fn compile(policy: Policy) -> Machine {
+        let rule_queries: Vec<Vec<(Arm, usize)>> = policy
+            .rules
+            .iter()
+            .map(|r| {
+                let mut base = Vec::new();
+                base_queries(&policy, &r.condition, &mut base);
+                for g in &r.guards {
+                    base_queries(&policy, g, &mut base);
+                }
+                if let Some(s) = &r.statistical {
+                    for arm in [Arm::Canary, Arm::Stable] {
+                        expand(&policy, arm, s.numerator, &mut base);
+                        expand(&policy, arm, s.denominator, &mut base);
+                    }
+                }
+                base
+            })
+            .collect();
+        let override_queries: Vec<Vec<(usize, Vec<(Arm, usize)>)>> = (0..policy.rules.len())
+            .map(|ri| {
+                policy
+                    .steps
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(si, s)| match &s.kind {
+                        StepKind::Hold(h) => h
+                            .overrides
+                            .iter()
+                            .find(|o| o.rule == ri && !o.guards.is_empty())
+                            .map(|o| {
+                                let mut base = Vec::new();
+                                for g in &o.guards {
+                                    base_queries(&policy, g, &mut base);
+                                }
+                                (si, base)
+                            }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let until_queries: Vec<Vec<(Arm, usize)>> = policy
+            .steps
+            .iter()
+            .map(|s| {
+                let mut base = Vec::new();
+                if let StepKind::Hold(h) = &s.kind
+                    && let Some(u) = &h.until
+                {
+                    base_queries(&policy, &u.condition, &mut base);
+                }
+                base
+            })
+            .collect();
+        let labels: Vec<String> = (0..=policy.steps.len())
+            .map(|i| label(&policy, i))
+            .collect();
         Machine {
             policy: Arc::new(policy),
+            rule_queries: rule_queries.into(),
+            override_queries: override_queries.into(),
+            until_queries: until_queries.into(),
+            labels: labels.into(),
         }
     }
 
@@ -503,26 +596,10 @@ impl Machine {
 
     /// A label for a step, such as `traffic 25%` or `hold 5m`.
     pub fn step_label(&self, step: usize) -> String {
-        match self.policy.steps.get(step).map(|s| &s.kind) {
-            Some(StepKind::Traffic { percent }) => format!("traffic {percent}%"),
-            Some(StepKind::Hold(h)) => {
-                let mut s = "hold".to_string();
-                if !h.min.is_zero() {
-                    s.push(' ');
-                    s.push_str(&rollout_policy::human_duration(h.min));
-                }
-                if let Some(u) = &h.until {
-                    s.push_str(&format!(
-                        " until ... max {}",
-                        rollout_policy::human_duration(u.max)
-                    ));
-                }
-                s
-            }
-            Some(StepKind::Approval { .. }) => "approval".into(),
-            Some(StepKind::Promote) => "promote".into(),
-            None => "end".into(),
-        }
+        self.labels
+            .get(step)
+            .cloned()
+            .unwrap_or_else(|| "end".into())
     }
 
     fn is_due(&self, state: &State, now: Millis) -> bool {
@@ -596,36 +673,29 @@ impl Machine {
                 out.push(k);
             }
         };
-        for i in 0..self.policy.rules.len() {
+        let holding = matches!(state.phase, Phase::Holding { .. });
+        for (i, rule) in self.policy.rules.iter().enumerate() {
             let e = self.effective(state, i);
-            let window = if e.rule.statistical.is_some() {
+            let window = if rule.statistical.is_some() {
                 cumulative
             } else {
                 e.window_ms
             };
-            let mut base = Vec::new();
-            base_queries(&self.policy, &e.rule.condition, &mut base);
-            for g in e.guards {
-                base_queries(&self.policy, g, &mut base);
-            }
-            if let Some(s) = &e.rule.statistical {
-                for arm in [Arm::Canary, Arm::Stable] {
-                    expand(&self.policy, arm, s.numerator, &mut base);
-                    expand(&self.policy, arm, s.denominator, &mut base);
-                }
-            }
-            for (arm, m) in base {
+            for &(arm, m) in &self.rule_queries[i] {
                 push(arm, m, window);
             }
+            if holding
+                && let Some((_, qs)) = self.override_queries[i]
+                    .iter()
+                    .find(|(si, _)| *si == state.step)
+            {
+                for &(arm, m) in qs {
+                    push(arm, m, window);
+                }
+            }
         }
-        if let (Phase::Holding { .. }, Some(StepKind::Hold(h))) = (
-            &state.phase,
-            self.policy.steps.get(state.step).map(|s| &s.kind),
-        ) && let Some(u) = &h.until
-        {
-            let mut base = Vec::new();
-            base_queries(&self.policy, &u.condition, &mut base);
-            for (arm, m) in base {
+        if holding && let Some(qs) = self.until_queries.get(state.step) {
+            for &(arm, m) in qs {
                 push(arm, m, cumulative);
             }
         }

@@ -232,10 +232,11 @@ impl<'a> Simulation<'a> {
             Some(p) => (p.from, p.from - p.from % self.scrape_ms),
             None => (t, t - t % self.scrape_ms),
         };
-        let Some(metric) = self.machine.policy().metrics.get(key.metric) else {
+        let machine = self.machine;
+        let Some(metric) = machine.policy().metrics.get(key.metric) else {
             return Sample::NoData;
         };
-        let name = metric.name.clone();
+        let name = metric.name.as_str();
         let buckets = &self.buckets[arm_idx(key.arm)];
         let end = (at_t / self.scrape_ms) as usize;
         let n_buckets = ((key.window_ms / self.scrape_ms).max(1)) as usize;
@@ -244,7 +245,7 @@ impl<'a> Simulation<'a> {
         let present = window.iter().any(|b| b.present);
         let requests: u64 = window.iter().map(|b| b.requests).sum();
         let errors: u64 = window.iter().map(|b| b.errors).sum();
-        if let Some(v) = self.scenario.metrics.get(&name) {
+        if let Some(v) = self.scenario.metrics.get(name) {
             let value = if key.arm == Arm::Canary {
                 v.canary
             } else {
@@ -263,7 +264,7 @@ impl<'a> Simulation<'a> {
                 at: sample_at,
             };
         }
-        let value = match name.as_str() {
+        let value = match name {
             "requests" if present => requests as f64,
             "errors" => errors as f64, // `or vector(0)`: never empty
             "rps" if present => requests as f64 / (key.window_ms as f64 / 1000.0),
