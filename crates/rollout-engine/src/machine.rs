@@ -410,6 +410,9 @@ pub struct Output {
     pub decision: Decision,
 }
 
+/// Query metrics with their arms.
+type Queries = Vec<(Arm, usize)>;
+
 /// A compiled policy: immutable, cheap to clone, shared by every state it drives.
 #[derive(Clone, Debug)]
 pub struct Machine {
@@ -417,7 +420,7 @@ pub struct Machine {
     /// Per rule: the query metrics its condition, guards and test read (derived expanded).
     rule_queries: Arc<[Vec<(Arm, usize)>]>,
     /// Per rule: (hold step, queries of that step's `require` override).
-    override_queries: Arc<[Vec<(usize, Vec<(Arm, usize)>)>]>,
+    override_queries: Arc<[Vec<(usize, Queries)>]>,
     /// Per step: the queries of a hold's `until` condition.
     until_queries: Arc<[Vec<(Arm, usize)>]>,
     /// Per step (and one past the end): its label.
@@ -522,7 +525,7 @@ impl Machine {
                 base
             })
             .collect();
-        let override_queries: Vec<Vec<(usize, Vec<(Arm, usize)>)>> = (0..policy.rules.len())
+        let override_queries: Vec<Vec<(usize, Queries)>> = (0..policy.rules.len())
             .map(|ri| {
                 policy
                     .steps

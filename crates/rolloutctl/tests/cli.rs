@@ -258,3 +258,146 @@ fn non_utf8_file_is_a_diagnostic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("R0008"));
 }
+
+#[test]
+fn plan_prints_text_json_and_mermaid() {
+    let p = "policies/sklearn-iris-canary.rollout";
+    let text = stdout(&rolloutctl(&["plan", p]));
+    assert!(
+        text.contains("hold 5m")
+            && text.contains("worst-case detection")
+            && text.contains("CanaryHigherErrorRate"),
+        "{text}"
+    );
+    let json: Value =
+        serde_json::from_str(&stdout(&rolloutctl(&["plan", "--format", "json", p]))).expect("json");
+    assert_eq!(json["steps"].as_array().map(Vec::len), Some(7));
+    assert_eq!(json["min_total_s"], 1200.0, "three holds: 5m + 5m + 10m");
+    assert!(
+        json["steps"][1]["detection"][0][1]
+            .as_f64()
+            .is_some_and(|d| d > 0.0)
+    );
+    let mermaid = stdout(&rolloutctl(&["plan", "--format", "mermaid", p]));
+    assert!(
+        mermaid.starts_with("stateDiagram-v2\n")
+            && mermaid.contains("--> RolledBack : CanaryHigherErrorRate"),
+        "{mermaid}"
+    );
+    assert_eq!(
+        rolloutctl(&["plan", BAD]).status.code(),
+        Some(1),
+        "an invalid policy is a problem"
+    );
+}
+
+#[test]
+fn simulate_exit_codes_follow_the_outcome() {
+    let p = "policies/sklearn-iris-canary.rollout";
+    let healthy = rolloutctl(&[
+        "simulate",
+        p,
+        "--scenario",
+        "examples/scenarios/healthy.yaml",
+    ]);
+    assert_eq!(healthy.status.code(), Some(0), "{}", stdout(&healthy));
+    assert!(stdout(&healthy).contains("outcome: promoted"));
+    let bad = rolloutctl(&[
+        "simulate",
+        p,
+        "--scenario",
+        "examples/scenarios/error-regression-10.yaml",
+    ]);
+    assert_eq!(bad.status.code(), Some(3), "rolled back");
+    assert!(stdout(&bad).contains("detected"), "{}", stdout(&bad));
+    let jsonl = stdout(&rolloutctl(&[
+        "simulate",
+        p,
+        "--scenario",
+        "examples/scenarios/error-regression-10.yaml",
+        "--format",
+        "jsonl",
+    ]));
+    let lines: Vec<Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert!(lines.len() > 5);
+    assert!(
+        lines
+            .iter()
+            .any(|d| d["rules"].as_array().is_some_and(|r| !r.is_empty())),
+        "decision records carry rule verdicts"
+    );
+    assert_eq!(
+        lines.last().map(|l| l["outcome"].clone()),
+        Some(Value::from("rolled_back"))
+    );
+    let batch = stdout(&rolloutctl(&[
+        "simulate",
+        "--runs",
+        "50",
+        p,
+        "--scenario",
+        "examples/scenarios/error-regression-10.yaml",
+    ]));
+    assert!(
+        batch.starts_with("50 runs:") && batch.contains("detection time"),
+        "{batch}"
+    );
+    assert_eq!(
+        rolloutctl(&["simulate", p, "--scenario", "no/such.yaml"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn policy_tests_of_every_shipped_policy_pass() {
+    let out = rolloutctl(&["test", "tests/policies"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for policy in std::fs::read_dir(root().join("policies"))
+        .expect("policies")
+        .flatten()
+    {
+        let name = policy
+            .path()
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+            .expect("name");
+        assert!(
+            root()
+                .join(format!("tests/policies/{name}.test.yaml"))
+                .exists(),
+            "policies/{name}.rollout has no tests/policies/{name}.test.yaml"
+        );
+    }
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+}
+
+#[test]
+fn a_failing_policy_test_shows_a_timeline_diff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("wrong.test.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "policy: {}\ntests:\n  - name: wrong on purpose\n    scenario: {}\n    expect:\n      outcome: promoted\n      timeline: [traffic 10%, traffic 25%, traffic 50%, promote, promoted]\n",
+            root().join("policies/sklearn-iris-canary.rollout").display(),
+            root().join("examples/scenarios/error-regression-10.yaml").display()
+        ),
+    )
+    .expect("write");
+    let out = rolloutctl(&["test", file.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(text.contains("FAIL  wrong on purpose"), "{text}");
+    assert!(
+        text.contains("- traffic 25%") && text.contains("+ rollback"),
+        "{text}"
+    );
+    assert!(text.contains("0 passed, 1 failed"), "{text}");
+}
