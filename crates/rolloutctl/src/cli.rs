@@ -66,8 +66,36 @@ pub enum Command {
     /// Run policy unit tests (`*.test.yaml`)
     #[command(after_help = "Examples:\n  rolloutctl test tests/policies/")]
     Test(TestArgs),
+    /// Run a local KServe stand-in (Kubernetes API, controller, data plane, Prometheus)
+    #[command(
+        after_help = "Examples:\n  rolloutctl sandbox\n  rolloutctl sandbox --api-port 6443 --rps 50"
+    )]
+    Sandbox(SandboxArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
+}
+
+/// `sandbox`.
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    /// API server port (default: a free port)
+    #[arg(long, default_value_t = 0)]
+    pub api_port: u16,
+    /// Exporter and predict endpoint port (default: a free port)
+    #[arg(long, default_value_t = 0)]
+    pub exporter_port: u16,
+    /// Requests per second per InferenceService
+    #[arg(long, default_value_t = 20.0)]
+    pub rps: f64,
+    /// Seconds a new revision takes to become ready
+    #[arg(long, default_value_t = 1.0)]
+    pub ready_delay: f64,
+    /// Do not start Prometheus
+    #[arg(long)]
+    pub no_prometheus: bool,
+    /// Where to write the kubeconfig and Prometheus data (default: a temporary directory)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `plan`.

@@ -5,6 +5,7 @@ mod explain;
 mod fmt;
 mod lint;
 mod plan;
+mod sandbox;
 mod simulate;
 mod test;
 
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Plan(a) => plan::run(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Test(a) => test::run(&a),
+        Command::Sandbox(a) => sandbox::run(&a),
         Command::Completions(a) => completions::run(&a),
     }
 }

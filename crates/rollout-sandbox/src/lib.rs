@@ -1,0 +1,483 @@
+//! A local stand-in for a KServe cluster, judged by real clients.
+//!
+//! This crate's one job is to be a faithful enough KServe cluster on loopback: a slice of the
+//! Kubernetes API (discovery, OpenAPI v3, CRUD, watch, merge/JSON/apply patches, status
+//! subresource, Table output) that the machine's `kubectl` and kube-rs accept; the KServe
+//! controller's revision, readiness, traffic-split and rolled-out bookkeeping; a data plane that
+//! routes synthetic requests by the split and exports Knative queue-proxy metrics; a real
+//! Prometheus scraping them when one is installed; and fault injection for the runner's tests.
+//! What it emulates faithfully and what it does not is in `docs/sandbox.md`.
+
+pub mod api;
+pub mod dataplane;
+pub mod kserve;
+pub mod prometheus;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::kserve::{Behaviour, Controller};
+use crate::store::{ApiError, Key, Res, Store};
+
+/// Settings of a sandbox.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// API server port (0: a free port).
+    pub api_port: u16,
+    /// Exporter / predict port (0: a free port).
+    pub exporter_port: u16,
+    /// How long a new revision takes to become ready.
+    pub ready_delay: Duration,
+    /// Requests per second per InferenceService (annotation `sandbox.rolloutctl.io/rps` overrides).
+    pub rps: f64,
+    /// Behaviour of revisions without behaviour annotations.
+    pub behaviour: Behaviour,
+    /// Random seed of the load generator.
+    pub seed: u64,
+    /// Start Prometheus when it is on PATH.
+    pub prometheus: bool,
+    /// Default namespace in the kubeconfig.
+    pub namespace: String,
+    /// Where to write the kubeconfig and Prometheus's data (a fresh temporary directory if `None`).
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api_port: 0,
+            exporter_port: 0,
+            ready_delay: Duration::from_secs(1),
+            rps: 20.0,
+            behaviour: Behaviour::default(),
+            seed: 1,
+            prometheus: true,
+            namespace: "kserve-test".into(),
+            dir: None,
+        }
+    }
+}
+
+/// Injected faults.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Fail this many of the next resource requests.
+    pub fail_next: u32,
+    /// With this HTTP code (500 or 409; never 429/503/504, which clients retry many times).
+    pub fail_code: u16,
+    /// Only requests with this method (e.g. `PATCH`).
+    pub fail_method: Option<String>,
+    /// Delay every resource request by this many milliseconds.
+    pub delay_ms: u64,
+    /// The exporter answers 503 (Prometheus sees the target down and the series go stale).
+    pub exporter_down: bool,
+}
+
+/// Everything behind the sandbox's servers.
+#[derive(Debug)]
+pub struct Shared {
+    /// Objects.
+    pub store: Store,
+    /// KServe controller state.
+    pub controller: Controller,
+    /// Data-plane metrics.
+    pub metrics: dataplane::Metrics,
+    /// Injected faults.
+    pub faults: Faults,
+    /// Settings.
+    pub config: Config,
+    rng: fastrand::Rng,
+}
+
+/// The shared state.
+pub type App = Arc<Mutex<Shared>>;
+
+/// Locks the shared state (a poisoned lock is recovered: the state stays consistent per call).
+pub fn lock(app: &App) -> MutexGuard<'_, Shared> {
+    app.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs a write, then lets the controller reconcile every InferenceService.
+pub fn write<T>(
+    app: &App,
+    f: impl FnOnce(&mut Shared) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let mut s = lock(app);
+    let r = f(&mut s)?;
+    reconcile_all(&mut s);
+    Ok(r)
+}
+
+/// The controller loop body: bring every InferenceService's status up to date.
+fn reconcile_all(s: &mut Shared) {
+    let now = Instant::now();
+    for key in s.store.keys(Res::Isvc) {
+        let Ok(obj) = s.store.get(&key) else { continue };
+        let status = s
+            .controller
+            .reconcile(&obj, now, s.config.ready_delay, s.config.behaviour);
+        if obj.get("status") != Some(&status) {
+            let _ = s.store.modify(&key, true, |o| {
+                o["status"] = status;
+                Ok(())
+            });
+        }
+    }
+}
+
+/// The control interface: `POST /_sandbox/faults`, `POST /_sandbox/revisions/<name>`,
+/// `GET /_sandbox/state`.
+pub fn control(app: &App, method: &Method, seg: &[&str], body: &[u8]) -> Response {
+    let ok = |v: Value| (StatusCode::OK, v.to_string()).into_response();
+    let bad =
+        |m: String| (StatusCode::BAD_REQUEST, json!({"error": m}).to_string()).into_response();
+    match (method, seg) {
+        (&Method::POST, ["faults"]) => match serde_json::from_slice::<Faults>(body) {
+            Ok(mut f) => {
+                if f.fail_next > 0 && !matches!(f.fail_code, 409 | 500 | 422) {
+                    f.fail_code = 500;
+                }
+                lock(app).faults = f;
+                ok(json!({"ok": true}))
+            }
+            Err(e) => bad(e.to_string()),
+        },
+        (&Method::POST, ["revisions", name]) => {
+            match serde_json::from_slice::<RevisionControl>(body) {
+                Ok(c) => {
+                    set_revision(app, name, &c);
+                    ok(json!({"ok": true}))
+                }
+                Err(e) => bad(e.to_string()),
+            }
+        }
+        (&Method::GET, ["state"]) => {
+            let s = lock(app);
+            let revisions: Vec<Value> = s
+                .controller
+                .revisions
+                .values()
+                .flatten()
+                .map(|r| json!({"name": r.name, "ready": r.ready(Instant::now()), "behaviour": {"error_rate": s.controller.behaviour(&r.name).error_rate}}))
+                .collect();
+            ok(
+                json!({"resourceVersion": s.store.rv(), "revisions": revisions, "exporter_down": s.faults.exporter_down}),
+            )
+        }
+        _ => (StatusCode::NOT_FOUND, "unknown sandbox control endpoint").into_response(),
+    }
+}
+
+/// A live change to one revision.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RevisionControl {
+    /// Make it fail (or pass) readiness.
+    pub failing: Option<bool>,
+    /// New error rate (0..1).
+    pub error_rate: Option<f64>,
+    /// New median latency, ms.
+    pub latency_p50_ms: Option<f64>,
+    /// New 95th percentile latency, ms.
+    pub latency_p95_ms: Option<f64>,
+}
+
+/// Applies a [`RevisionControl`].
+pub fn set_revision(app: &App, name: &str, c: &RevisionControl) {
+    let mut s = lock(app);
+    if let Some(f) = c.failing {
+        s.controller.failing.retain(|r| r != name);
+        if f {
+            s.controller.failing.push(name.to_string());
+        }
+    }
+    if c.error_rate.is_some() || c.latency_p50_ms.is_some() || c.latency_p95_ms.is_some() {
+        let mut b = s.controller.behaviour(name);
+        if let Some(e) = c.error_rate {
+            b.error_rate = e.clamp(0.0, 1.0);
+        }
+        if let Some(v) = c.latency_p50_ms {
+            b.p50_ms = v.max(0.1);
+        }
+        if let Some(v) = c.latency_p95_ms {
+            b.p95_ms = v.max(b.p50_ms);
+        }
+        s.controller.overrides.insert(name.to_string(), b);
+    }
+    reconcile_all(&mut s);
+}
+
+/// One tick of the data plane: generate `dt` of requests for every InferenceService.
+fn generate(s: &mut Shared, dt: Duration) {
+    let mut live: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for key in s.store.keys(Res::Isvc) {
+        let Ok(obj) = s.store.get(&key) else { continue };
+        let traffic = dataplane::traffic(&obj);
+        live.insert(
+            (key.ns.clone(), key.name.clone()),
+            traffic.iter().map(|(r, _)| r.clone()).collect(),
+        );
+        let rps = dataplane::rps(&obj, s.config.rps);
+        let n = dataplane::poisson(&mut s.rng, rps * dt.as_secs_f64());
+        for _ in 0..n {
+            let Some(rev) = dataplane::pick(&mut s.rng, &traffic).map(str::to_string) else {
+                break;
+            };
+            let b = s.controller.behaviour(&rev);
+            let o = dataplane::sample(&mut s.rng, &b);
+            s.metrics.record(&key.ns, &key.name, &rev, o);
+        }
+    }
+    s.metrics.retain(&live);
+}
+
+/// A running sandbox. Dropping it stops its servers and Prometheus.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// `http://127.0.0.1:<port>` of the API server.
+    pub api_url: String,
+    /// `http://127.0.0.1:<port>` of the exporter and predict endpoint.
+    pub exporter_url: String,
+    /// The kubeconfig written for the API server.
+    pub kubeconfig: PathBuf,
+    /// The running Prometheus, if started.
+    pub prometheus: Option<prometheus::Prometheus>,
+    /// Why Prometheus was not started, if it was not.
+    pub prometheus_note: Option<String>,
+    app: App,
+    dir: PathBuf,
+    own_dir: bool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Starts the API server, the controller and data-plane loop, the exporter and (when asked
+    /// and installed) Prometheus.
+    pub async fn start(config: Config) -> std::io::Result<Sandbox> {
+        let (dir, own_dir) = match &config.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (d.clone(), false)
+            }
+            None => {
+                let d = std::env::temp_dir().join(format!(
+                    "rolloutctl-sandbox-{}-{}",
+                    std::process::id(),
+                    fastrand::u64(..)
+                ));
+                std::fs::create_dir_all(&d)?;
+                (d, true)
+            }
+        };
+        let app: App = Arc::new(Mutex::new(Shared {
+            store: Store::default(),
+            controller: Controller::default(),
+            metrics: dataplane::Metrics::default(),
+            faults: Faults::default(),
+            rng: fastrand::Rng::with_seed(config.seed),
+            config: config.clone(),
+        }));
+        let api_listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], config.api_port)))
+                .await?;
+        let api_addr = api_listener.local_addr()?;
+        let exp_listener =
+            tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], config.exporter_port)))
+                .await?;
+        let exp_addr = exp_listener.local_addr()?;
+        let mut tasks = Vec::new();
+        let a = app.clone();
+        let api = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let a = a.clone();
+                async move { api::handle(a, method, uri, headers, body).await }
+            },
+        );
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(api_listener, api).await;
+        }));
+        let a = app.clone();
+        let exporter = axum::Router::new().fallback(move |method: Method, uri: Uri| {
+            let a = a.clone();
+            async move { exporter(&a, &method, &uri) }
+        });
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(exp_listener, exporter).await;
+        }));
+        let a = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let tick = Duration::from_millis(100);
+            let mut interval = tokio::time::interval(tick);
+            loop {
+                interval.tick().await;
+                let mut s = lock(&a);
+                reconcile_all(&mut s);
+                generate(&mut s, tick);
+            }
+        }));
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_text(&format!("http://{api_addr}"), &config.namespace),
+        )?;
+        let exporter_url = format!("http://{exp_addr}");
+        let (prometheus, prometheus_note) = if config.prometheus {
+            match prometheus::Prometheus::start(&dir.join("prometheus"), &exp_addr.to_string())
+                .await
+            {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
+            }
+        } else {
+            (None, Some("not requested".into()))
+        };
+        Ok(Sandbox {
+            api_url: format!("http://{api_addr}"),
+            exporter_url,
+            kubeconfig,
+            prometheus,
+            prometheus_note,
+            app,
+            dir,
+            own_dir,
+            tasks,
+        })
+    }
+
+    /// The shared state, for in-process tests and tools.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Injects faults.
+    pub fn set_faults(&self, f: Faults) {
+        lock(&self.app).faults = f;
+    }
+
+    /// Changes a revision live.
+    pub fn set_revision(&self, name: &str, c: &RevisionControl) {
+        set_revision(&self.app, name, c);
+    }
+
+    /// An object, for assertions.
+    pub fn get(&self, res: Res, ns: &str, name: &str) -> Option<Value> {
+        lock(&self.app)
+            .store
+            .get(&Key {
+                res,
+                ns: ns.into(),
+                name: name.into(),
+            })
+            .ok()
+    }
+
+    /// Stops everything: servers, loops and Prometheus; removes its temporary directory.
+    pub async fn shutdown(mut self) {
+        if let Some(p) = self.prometheus.take() {
+            p.stop().await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if self.own_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn exporter(app: &App, method: &Method, uri: &Uri) -> Response {
+    let path = uri.path();
+    if method == Method::GET && path == "/metrics" {
+        let s = lock(app);
+        if s.faults.exporter_down {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "exporter stopped by the sandbox",
+            )
+                .into_response();
+        }
+        let mut r = s.metrics.exposition().into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        return r;
+    }
+    // KServe V1 protocol: POST /v1/models/<name>:predict[?namespace=<ns>]
+    if method == Method::POST
+        && let Some(model) = path
+            .strip_prefix("/v1/models/")
+            .and_then(|p| p.strip_suffix(":predict"))
+    {
+        let ns = uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("namespace=")))
+            .map(str::to_string);
+        let mut s = lock(app);
+        let key = s
+            .store
+            .keys(Res::Isvc)
+            .into_iter()
+            .find(|k| k.name == model && ns.as_deref().is_none_or(|n| k.ns == n));
+        let Some(key) = key else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("model {model} not found")}).to_string(),
+            )
+                .into_response();
+        };
+        let traffic = s
+            .store
+            .get(&key)
+            .map(|o| dataplane::traffic(&o))
+            .unwrap_or_default();
+        let Some(rev) = dataplane::pick(&mut s.rng, &traffic).map(str::to_string) else {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "no ready revision"}).to_string(),
+            )
+                .into_response();
+        };
+        let b = s.controller.behaviour(&rev);
+        let o = dataplane::sample(&mut s.rng, &b);
+        s.metrics.record(&key.ns, &key.name, &rev, o);
+        let body = if o.code == 200 {
+            json!({"predictions": [1], "revision": rev})
+        } else {
+            json!({"error": "injected failure", "revision": rev})
+        };
+        return (
+            StatusCode::from_u16(o.code).unwrap_or(StatusCode::OK),
+            body.to_string(),
+        )
+            .into_response();
+    }
+    (StatusCode::NOT_FOUND, "not found").into_response()
+}
+
+/// A kubeconfig for an API server over plain HTTP.
+pub fn kubeconfig_text(server: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {server}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: {namespace}\ncurrent-context: sandbox\nusers:\n- name: sandbox\n  user: {{}}\n"
+    )
+}

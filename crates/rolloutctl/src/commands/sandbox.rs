@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use rollout_sandbox::{Config, Sandbox};
+
+use super::Exit;
+use crate::cli::SandboxArgs;
+
+pub fn run(args: &SandboxArgs) -> Exit {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return Exit::Usage;
+        }
+    };
+    rt.block_on(async {
+        let config = Config {
+            api_port: args.api_port,
+            exporter_port: args.exporter_port,
+            rps: args.rps,
+            ready_delay: Duration::from_secs_f64(args.ready_delay.max(0.0)),
+            prometheus: !args.no_prometheus,
+            dir: args.dir.clone(),
+            ..Config::default()
+        };
+        let sandbox = match Sandbox::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot start the sandbox: {e}");
+                return Exit::Usage;
+            }
+        };
+        let kc = sandbox.kubeconfig.display().to_string();
+        println!("rolloutctl sandbox is running (Ctrl-C stops everything)\n");
+        println!("  Kubernetes API   {}", sandbox.api_url);
+        println!("  kubeconfig       {kc}");
+        println!("  metrics          {}/metrics", sandbox.exporter_url);
+        println!("  predict          {}/v1/models/sklearn-iris:predict", sandbox.exporter_url);
+        match (&sandbox.prometheus, &sandbox.prometheus_note) {
+            (Some(p), _) => println!("  Prometheus       {}", p.url),
+            (None, Some(note)) => println!("  Prometheus       not started: {note}"),
+            (None, None) => {}
+        }
+        println!("\nTry:");
+        println!("  export KUBECONFIG={kc}");
+        println!("  kubectl apply -f examples/kserve/sklearn-iris-v1.yaml");
+        println!("  kubectl get isvc");
+        println!("  kubectl apply -f examples/kserve/sklearn-iris-v2.yaml");
+        println!("  kubectl patch isvc sklearn-iris --type=merge -p '{{\"spec\":{{\"predictor\":{{\"canaryTrafficPercent\":25}}}}}}'");
+        println!("  curl -s -X POST {}/v1/models/sklearn-iris:predict -d '{{\"instances\":[[6.8,2.8,4.8,1.4]]}}'", sandbox.exporter_url);
+        if let Some(p) = &sandbox.prometheus {
+            println!("  curl -s '{}/api/v1/query' --data-urlencode 'query=sum by (revision_name) (rate(revision_app_request_count[30s]))'", p.url);
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\nstopping…");
+        sandbox.shutdown().await;
+        Exit::Ok
+    })
+}
