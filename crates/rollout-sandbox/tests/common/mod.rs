@@ -92,9 +92,14 @@ pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 pub fn old_kubectl() -> bool {
     static OLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OLD.get_or_init(|| {
-        let out = std::process::Command::new("kubectl").args(["version", "--client", "-o", "json"]).output();
+        let out = std::process::Command::new("kubectl")
+            .args(["version", "--client", "-o", "json"])
+            .output();
         let Ok(out) = out else { return false };
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["clientVersion"]["minor"].as_str().and_then(|m| m.trim_end_matches('+').parse::<u32>().ok()).is_some_and(|m| m < 27)
+        v["clientVersion"]["minor"]
+            .as_str()
+            .and_then(|m| m.trim_end_matches('+').parse::<u32>().ok())
+            .is_some_and(|m| m < 27)
     })
 }
