@@ -395,6 +395,8 @@ pub struct Decision {
     pub passes: u32,
     /// Passes needed to end a hold.
     pub passes_needed: u32,
+    /// Time left in the current hold's minimum duration, in seconds.
+    pub remaining_s: Option<f64>,
     /// What the machine did, in a word: `wait`, `evaluate`, `advance`, `rollback`, ...
     pub action: String,
     /// Why, in a sentence.
@@ -736,6 +738,15 @@ impl Machine {
             failures: cx.kinds,
             passes: cx.passes.unwrap_or(state.passes),
             passes_needed: self.policy.evaluation.passes,
+            remaining_s: match (
+                &state.phase,
+                self.policy.steps.get(state.step).map(|s| &s.kind),
+            ) {
+                (Phase::Holding { since }, Some(StepKind::Hold(h))) => {
+                    Some(ms(h.min).saturating_sub(now.saturating_sub(*since)) as f64 / 1000.0)
+                }
+                _ => None,
+            },
             action: cx.action.to_string(),
             reason: cx.reason,
         };

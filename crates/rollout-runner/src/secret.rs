@@ -50,6 +50,9 @@ mod tests {
     fn secrets_never_format() {
         let s = Secret::new("hunter2-token");
         assert_eq!(format!("{s} {s:?}"), "<redacted> Secret(<redacted>)");
-        assert_eq!(redact("bad token hunter2-token!", &[&s]), "bad token <redacted>!");
+        assert_eq!(
+            redact("bad token hunter2-token!", &[&s]),
+            "bad token <redacted>!"
+        );
     }
 }

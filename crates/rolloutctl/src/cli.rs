@@ -10,9 +10,10 @@ Exit codes:
   1  the command ran and found problems (lint errors, or warnings with --deny-warnings;
      files that fmt --check would change; failing policy tests; an invalid policy)
   2  the command could not run (bad arguments, unreadable file)
-  3  simulate: the canary was rolled back
-  4  simulate: an operator aborted
-  5  simulate: the rollout failed (infrastructure)
+  3  run/simulate/demo: the canary was rolled back
+  4  run/simulate: an operator aborted
+  5  run/simulate/demo: the rollout failed (infrastructure: cluster or Prometheus unusable,
+     preflight refused, Lease held by another runner)
   6  simulate: the rollout did not end (paused, waiting, or out of simulated time)
 
 Examples:
@@ -66,6 +67,25 @@ pub enum Command {
     /// Run policy unit tests (`*.test.yaml`)
     #[command(after_help = "Examples:\n  rolloutctl test tests/policies/")]
     Test(TestArgs),
+    /// Run a rollout against a live InferenceService and Prometheus
+    #[command(
+        after_help = "Examples:\n  rolloutctl run policies/sklearn-iris-canary.rollout\n  rolloutctl run --kubeconfig ~/.kube/prod --context ml policies/sklearn-iris-canary.rollout --output json\n  rolloutctl run --dry-run policies/sklearn-iris-canary.rollout\n\nExit codes: 0 promoted, 1 policy error, 2 bad arguments, 3 rolled back, 4 aborted by an operator,\n5 failed (infrastructure or preflight)."
+    )]
+    Run(RunArgs),
+    /// Show a rollout's state, step and last decision (from the InferenceService's annotations)
+    Status(OperatorArgs),
+    /// Pass the current approval gate of a running rollout
+    Approve(OperatorArgs),
+    /// Pause a running rollout
+    Pause(OperatorArgs),
+    /// Resume a paused rollout
+    Resume(OperatorArgs),
+    /// Roll a running rollout back now
+    Abort(OperatorArgs),
+    /// Promote a running rollout now, skipping its remaining steps
+    Promote(OperatorArgs),
+    /// The whole story on a local sandbox: a healthy canary promoted, a bad one rolled back
+    Demo(DemoArgs),
     /// Run a local KServe stand-in (Kubernetes API, controller, data plane, Prometheus)
     #[command(
         after_help = "Examples:\n  rolloutctl sandbox\n  rolloutctl sandbox --api-port 6443 --rps 50"
@@ -73,6 +93,86 @@ pub enum Command {
     Sandbox(SandboxArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
+}
+
+/// `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The policy
+    pub policy: PathBuf,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Prometheus URL, overriding the policy's
+    #[arg(long, env = "ROLLOUTCTL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// Evaluate and log every decision; change nothing in the cluster
+    #[arg(long)]
+    pub dry_run: bool,
+    /// `live` on a terminal, `json` (one decision record per line) otherwise
+    #[arg(long, value_enum, default_value_t = RunOutput::Auto)]
+    pub output: RunOutput,
+    /// Wait while another runner holds this rollout's Lease, instead of exiting
+    #[arg(long)]
+    pub wait: bool,
+    /// This runner's identity (default: hostname and process id)
+    #[arg(long)]
+    pub holder: Option<String>,
+}
+
+/// Output of `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunOutput {
+    /// `live` on a terminal, `json` otherwise
+    Auto,
+    /// The live view
+    Live,
+    /// One JSON decision record per line
+    Json,
+}
+
+/// The operator verbs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorVerb {
+    /// `status`
+    Status,
+    /// `approve`
+    Approve,
+    /// `pause`
+    Pause,
+    /// `resume`
+    Resume,
+    /// `abort`
+    Abort,
+    /// `promote`
+    Promote,
+}
+
+/// Arguments of the operator verbs.
+#[derive(Debug, clap::Args)]
+pub struct OperatorArgs {
+    /// The InferenceService
+    pub isvc: String,
+    /// Namespace (default: the kubeconfig's)
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// kubeconfig file
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the sandbox running after the demo until Ctrl-C
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `sandbox`.

@@ -1,17 +1,20 @@
 //! One module per subcommand; each returns an [`Exit`].
 
 mod completions;
+mod demo;
 mod explain;
 mod fmt;
 mod lint;
+mod operator;
 mod plan;
+mod run;
 mod sandbox;
 mod simulate;
 mod test;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, OperatorVerb};
 
 /// Exit statuses shared by all subcommands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,14 @@ pub fn run(cli: Cli) -> Exit {
         Command::Simulate(a) => simulate::run(&a),
         Command::Test(a) => test::run(&a),
         Command::Sandbox(a) => sandbox::run(&a),
+        Command::Run(a) => run::run(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::Status(a) => operator::run(OperatorVerb::Status, &a),
+        Command::Approve(a) => operator::run(OperatorVerb::Approve, &a),
+        Command::Pause(a) => operator::run(OperatorVerb::Pause, &a),
+        Command::Resume(a) => operator::run(OperatorVerb::Resume, &a),
+        Command::Abort(a) => operator::run(OperatorVerb::Abort, &a),
+        Command::Promote(a) => operator::run(OperatorVerb::Promote, &a),
         Command::Completions(a) => completions::run(&a),
     }
 }

@@ -1,0 +1,81 @@
+use std::io::IsTerminal as _;
+
+use rollout_engine::Decision;
+use rollout_runner::{RunConfig, RunEnd};
+
+use super::Exit;
+use crate::cli::{RunArgs, RunOutput};
+use crate::{files, live};
+
+pub fn run(args: &RunArgs) -> Exit {
+    let machine = match files::load_policy(&args.policy) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let text = std::fs::read_to_string(&args.policy).unwrap_or_default();
+    let json = match args.output {
+        RunOutput::Json => true,
+        RunOutput::Live => false,
+        RunOutput::Auto => !std::io::stdout().is_terminal(),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return Exit::Usage;
+        }
+    };
+    rt.block_on(async {
+        let client =
+            match rollout_runner::client(args.kubeconfig.as_deref(), args.context.as_deref()).await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: cannot connect to Kubernetes: {e}");
+                    return Exit::Failed;
+                }
+            };
+        let on_decision: Box<dyn FnMut(&Decision) + Send> = if json {
+            Box::new(|d: &Decision| println!("{}", serde_json::to_string(d).unwrap_or_default()))
+        } else {
+            let mut view = live::Live::new();
+            Box::new(move |d: &Decision| view.show(d))
+        };
+        let cfg = RunConfig {
+            policy: machine.policy().clone(),
+            policy_hash: rollout_runner::policy_hash(&text),
+            prometheus_url: args.prometheus_url.clone(),
+            dry_run: args.dry_run,
+            holder: args.holder.clone().unwrap_or_else(default_holder),
+            wait_for_lease: args.wait,
+            on_decision,
+        };
+        let end = rollout_runner::run(client, cfg).await;
+        finish(&end)
+    })
+}
+
+/// Prints how a run ended and returns its exit status.
+pub fn finish(end: &RunEnd) -> Exit {
+    match end {
+        RunEnd::Outcome(o) => {
+            eprintln!("rollout {}", o.as_str().replace('_', " "));
+            (*o).into()
+        }
+        RunEnd::Refused(why) => {
+            eprintln!("error: {why}");
+            Exit::Failed
+        }
+    }
+}
+
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "rolloutctl".into());
+    format!("{host}-{}", std::process::id())
+}
