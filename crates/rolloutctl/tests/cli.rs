@@ -401,3 +401,81 @@ fn a_failing_policy_test_shows_a_timeline_diff() {
     );
     assert!(text.contains("0 passed, 1 failed"), "{text}");
 }
+
+#[test]
+fn sandbox_prints_its_endpoints_and_ctrl_c_leaves_no_processes() {
+    use std::io::BufRead as _;
+    assert!(
+        std::process::Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "Prometheus is required for this test (apt-get install -y prometheus)"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+        .args(["sandbox", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sandbox");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut text = String::new();
+    let mut prom = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(url) = line.trim().strip_prefix("Prometheus") {
+            prom = Some(url.trim().to_string());
+        }
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("curl -s") && line.contains("query") {
+            break;
+        }
+    }
+    assert!(
+        text.contains("Kubernetes API   http://127.0.0.1:")
+            && text.contains("kubeconfig")
+            && text.contains("kubectl apply"),
+        "{text}"
+    );
+    let prom = prom.expect("a Prometheus URL");
+    assert!(prom.starts_with("http://127.0.0.1:"), "{prom}");
+    let kubeconfig = dir.path().join("kubeconfig");
+    assert!(kubeconfig.exists());
+    // Ctrl-C.
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not stop on Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(code, Some(0));
+    // No Prometheus left behind.
+    let left = Command::new("pgrep")
+        .args(["-f", &dir.path().display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let addr = prom.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "Prometheus still listens on {addr}"
+    );
+}
