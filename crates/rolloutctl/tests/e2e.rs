@@ -409,10 +409,9 @@ async fn a_5xx_regression_at_10_percent_is_rolled_back_fast() {
             rollout_sandbox::store::Res::Isvc,
             "kserve-test",
             "sklearn-iris",
-        ) {
-            if o["spec"]["predictor"]["canaryTrafficPercent"] == 0 {
-                break Instant::now();
-            }
+        ) && o["spec"]["predictor"]["canaryTrafficPercent"] == 0
+        {
+            break Instant::now();
         }
         assert!(Instant::now() < deadline, "no rollback within 30s");
         tokio::time::sleep(Duration::from_millis(20)).await;
