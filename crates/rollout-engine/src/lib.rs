@@ -21,6 +21,7 @@
 //! ```
 
 mod eval;
+pub mod export;
 mod machine;
 pub mod plan;
 pub mod policytest;

@@ -17,3 +17,8 @@ pub type Value = serde_yaml::Value;
 pub fn to_string(v: &Value) -> Result<String, String> {
     serde_yaml::to_string(v).map_err(|e| e.to_string())
 }
+
+/// Writes any serialisable value as YAML.
+pub fn to_string_of<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_yaml::to_string(v).map_err(|e| e.to_string())
+}

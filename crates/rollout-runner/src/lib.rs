@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod metrics;
+pub mod replay;
 pub mod secret;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

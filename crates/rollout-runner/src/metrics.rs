@@ -115,10 +115,68 @@ impl Prom {
 
     /// Runs one instant query. Empty, NaN or infinite → no data; several series → error.
     pub async fn query(&self, promql: &str, now_ms: u64) -> Sample {
+        self.instant(promql, now_ms, None).await
+    }
+
+    /// An instant query evaluated at a past time (for replay).
+    pub async fn query_at(&self, promql: &str, at_ms: u64) -> Sample {
+        self.instant(promql, at_ms, Some(at_ms)).await
+    }
+
+    /// A range query: `(unix seconds, value)` of the one series it returns (empty: none).
+    pub async fn range(
+        &self,
+        promql: &str,
+        from_ms: u64,
+        to_ms: u64,
+        step_s: f64,
+    ) -> Result<Vec<(f64, f64)>, String> {
+        let mut q = self
+            .client
+            .query_range(
+                promql,
+                (from_ms / 1000) as i64,
+                to_ms.div_ceil(1000) as i64,
+                step_s,
+            )
+            .timeout(self.timeout.as_millis() as i64);
+        if let Some(t) = &self.auth.token {
+            q = q.header(
+                reqwest::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", t.expose())),
+            );
+        }
+        let res = q.post().await.map_err(|e| {
+            format!(
+                "range query failed: {}",
+                redact(&e.to_string(), &self.secrets())
+            )
+        })?;
+        let Some(m) = res.data().as_matrix() else {
+            return Err("the range query did not return a matrix".into());
+        };
+        match m.as_slice() {
+            [] => Ok(Vec::new()),
+            [one] => Ok(one
+                .samples()
+                .iter()
+                .map(|s| (s.timestamp(), s.value()))
+                .collect()),
+            many => Err(format!(
+                "the range query returned {} series where one was expected",
+                many.len()
+            )),
+        }
+    }
+
+    async fn instant(&self, promql: &str, now_ms: u64, at_ms: Option<u64>) -> Sample {
         let mut q = self
             .client
             .query(promql)
             .timeout(self.timeout.as_millis() as i64);
+        if let Some(at) = at_ms {
+            q = q.at((at / 1000) as i64);
+        }
         if let Some(t) = &self.auth.token {
             q = q.header(
                 reqwest::header::AUTHORIZATION,

@@ -86,6 +86,16 @@ pub enum Command {
     Promote(OperatorArgs),
     /// The whole story on a local sandbox: a healthy canary promoted, a bad one rolled back
     Demo(DemoArgs),
+    /// Export a policy as Prometheus alerting rules or a Grafana dashboard
+    #[command(
+        after_help = "Examples:\n  rolloutctl export prometheus-rules policies/sklearn-iris-canary.rollout --canary sklearn-iris-canary-predictor-00002 --stable sklearn-iris-canary-predictor-00001\n  rolloutctl export prometheus-rules --format rule-file ... > rules.yml && promtool check rules rules.yml\n  rolloutctl export grafana policies/sklearn-iris-canary.rollout > dashboard.json"
+    )]
+    Export(ExportArgs),
+    /// Evaluate a policy against Prometheus history, tick by tick, as the runner would have
+    #[command(
+        after_help = "Examples:\n  rolloutctl replay policies/sklearn-iris-canary.rollout --from 2026-11-24T10:00:00Z --to 2026-11-24T11:00:00Z --canary sklearn-iris-canary-predictor-00002 --stable sklearn-iris-canary-predictor-00001"
+    )]
+    Replay(ReplayArgs),
     /// Run a local KServe stand-in (Kubernetes API, controller, data plane, Prometheus)
     #[command(
         after_help = "Examples:\n  rolloutctl sandbox\n  rolloutctl sandbox --api-port 6443 --rps 50"
@@ -173,6 +183,74 @@ pub struct DemoArgs {
     /// Keep the sandbox running after the demo until Ctrl-C
     #[arg(long)]
     pub keep: bool,
+}
+
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportWhat {
+    /// Alerting rules (a PrometheusRule resource, or a rule file)
+    PrometheusRules,
+    /// A Grafana dashboard (JSON)
+    Grafana,
+}
+
+/// Formats of `export prometheus-rules`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesFormat {
+    /// A `monitoring.coreos.com/v1` PrometheusRule (Prometheus Operator)
+    PrometheusRule,
+    /// A plain Prometheus rule file (`groups:`), as `promtool check rules` reads
+    RuleFile,
+}
+
+/// `export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// What to export
+    #[arg(value_enum)]
+    pub what: ExportWhat,
+    /// The policy
+    pub policy: PathBuf,
+    /// The canary revision the alerts watch
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// The stable revision the alerts compare with
+    #[arg(long)]
+    pub stable: Option<String>,
+    /// Format of prometheus-rules
+    #[arg(long, value_enum, default_value_t = RulesFormat::PrometheusRule)]
+    pub format: RulesFormat,
+    /// Write to this file instead of standard output
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The policy
+    pub policy: PathBuf,
+    /// Start: RFC 3339 (2026-11-29T04:00:00Z) or unix seconds
+    #[arg(long)]
+    pub from: String,
+    /// End: RFC 3339 or unix seconds
+    #[arg(long)]
+    pub to: String,
+    /// The canary revision (default: the annotation the runner wrote)
+    #[arg(long)]
+    pub canary: Option<String>,
+    /// The stable revision (default: the annotation the runner wrote)
+    #[arg(long)]
+    pub stable: Option<String>,
+    /// Prometheus URL, overriding the policy's
+    #[arg(long, env = "ROLLOUTCTL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// kubeconfig to read the revisions from
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// `live` on a terminal, `json` otherwise
+    #[arg(long, value_enum, default_value_t = RunOutput::Auto)]
+    pub output: RunOutput,
 }
 
 /// `sandbox`.

@@ -479,3 +479,139 @@ fn sandbox_prints_its_endpoints_and_ctrl_c_leaves_no_processes() {
         "Prometheus still listens on {addr}"
     );
 }
+
+fn export_rules(dir: &Path, format: &str) -> PathBuf {
+    let out = dir.join(format!("seed-rules-{format}.yml"));
+    let o = rolloutctl(&[
+        "export",
+        "prometheus-rules",
+        "--format",
+        format,
+        "policies/sklearn-iris-canary.rollout",
+        "--canary",
+        "canary-rev",
+        "--stable",
+        "stable-rev",
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn exported_rules_pass_promtool_check_and_the_promtool_unit_tests() {
+    assert!(
+        Command::new("promtool").arg("--version").output().is_ok(),
+        "promtool is required (apt-get install -y prometheus)"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let rule_file = export_rules(dir.path(), "rule-file");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rule_file)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("2 rules found"));
+    // The PrometheusRule resource's spec is a rule file too.
+    let cr = std::fs::read_to_string(export_rules(dir.path(), "prometheus-rule")).expect("read");
+    assert!(
+        cr.contains("apiVersion: monitoring.coreos.com/v1") && cr.contains("kind: PrometheusRule"),
+        "{cr}"
+    );
+    assert!(cr.contains("alert: CanaryHigherErrorRate") && cr.contains("for: 2m"));
+    // The unit tests in tests/promtool/: 1.6x fires after `for`, 1.4x does not; the same for latency.
+    std::fs::copy(&rule_file, dir.path().join("seed-rules.yml")).expect("copy");
+    for t in ["seed-error-rate.test.yml", "seed-latency.test.yml"] {
+        std::fs::copy(root().join("tests/promtool").join(t), dir.path().join(t))
+            .expect("copy test");
+        let out = Command::new("promtool")
+            .args(["test", "rules", t])
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool test");
+        assert!(
+            out.status.success(),
+            "{t}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without revisions an alert cannot be rendered.
+    assert_eq!(
+        rolloutctl(&[
+            "export",
+            "prometheus-rules",
+            "policies/sklearn-iris-canary.rollout"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn grafana_dashboard_has_panels_and_every_promql_parses() {
+    for policy in [
+        "policies/sklearn-iris-canary.rollout",
+        "policies/istio-recommender.rollout",
+        "policies/low-traffic-fraud-model.rollout",
+    ] {
+        let out = rolloutctl(&["export", "grafana", policy]);
+        assert_eq!(out.status.code(), Some(0));
+        let d: Value = serde_json::from_str(&stdout(&out)).expect("dashboard json");
+        assert!(
+            d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "current Grafana schema"
+        );
+        assert!(
+            d["title"]
+                .as_str()
+                .is_some_and(|t| t.contains("rolloutctl"))
+        );
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert_eq!(vars, vec!["datasource", "canary", "stable"]);
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(
+            panels.len() >= 2,
+            "{policy}: a panel per metric and the traffic share"
+        );
+        let mut exprs = 0;
+        for p in panels {
+            assert_eq!(p["type"], "timeseries");
+            assert!(p["gridPos"]["w"].as_u64().is_some() && p["id"].as_u64().is_some());
+            for t in p["targets"].as_array().expect("targets") {
+                let e = t["expr"].as_str().expect("expr");
+                let concrete = e
+                    .replace("$canary", "canary-rev")
+                    .replace("$stable", "stable-rev");
+                promql_parser::parser::parse(&concrete)
+                    .unwrap_or_else(|err| panic!("{policy}: `{e}` is not PromQL: {err}"));
+                exprs += 1;
+            }
+        }
+        let first = &panels[0]["targets"];
+        assert!(
+            first.as_array().is_some_and(|t| t.len() >= 3),
+            "canary, stable and a threshold: {first}"
+        );
+        assert!(exprs >= 4);
+    }
+}

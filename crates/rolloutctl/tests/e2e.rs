@@ -750,3 +750,101 @@ async fn dry_run_changes_nothing() {
     );
     w.sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaying_a_bad_canary_from_prometheus_history_gives_the_same_decisions() {
+    let w = world(60.0).await;
+    w.canary(json!({})).await;
+    let p = w.policy_file(&policy("", STEPS, "", ON));
+    let mut r = w.run(&p, &[], &[]);
+    r.until(30, "the 10% hold", |d| {
+        d["to"] == "holding" && d["traffic"] == 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    w.sandbox.set_revision(
+        V2,
+        &RevisionControl {
+            error_rate: Some(0.3),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.exit(60).await, 3, "rolled back live");
+    let live = r.decisions();
+    let from = live
+        .first()
+        .and_then(|d| d["at"].as_u64())
+        .expect("first decision");
+    let live_rb = live
+        .iter()
+        .find(|d| d["action"] == "rollback")
+        .and_then(|d| d["at"].as_u64())
+        .expect("live rollback");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+        .args(["replay"])
+        .arg(&p)
+        .args([
+            "--from",
+            &format!("{:.3}", from as f64 / 1000.0),
+            "--to",
+            &format!("{:.3}", (live_rb + 10_000) as f64 / 1000.0),
+        ])
+        .args([
+            "--canary",
+            V2,
+            "--stable",
+            V1,
+            "--prometheus-url",
+            &w.prom,
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("replay");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "replay rolls back too: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let replay_rb = replayed
+        .iter()
+        .find(|d| d["action"] == "rollback")
+        .and_then(|d| d["at"].as_u64())
+        .expect("replay rollback");
+    let diff = replay_rb.abs_diff(live_rb);
+    eprintln!("REPLAY live rollback vs replayed rollback: {diff} ms apart");
+    // Tolerance: replay reads range-query samples at 1 s steps and ticks on its own clock, so its
+    // evaluations are within about a second of the live ones; the decision must agree within 3 s.
+    assert!(
+        diff <= 3_000,
+        "live rolled back at {live_rb}, replay at {replay_rb}"
+    );
+    // Verdicts of the evaluations at matching times agree.
+    let (mut same, mut total) = (0, 0);
+    for d in live.iter().filter(|d| d["evaluated"] == true) {
+        let at = d["at"].as_u64().unwrap_or(0);
+        if let Some(e) = replayed
+            .iter()
+            .filter(|e| e["evaluated"] == true)
+            .min_by_key(|e| e["at"].as_u64().unwrap_or(0).abs_diff(at))
+        {
+            if e["at"].as_u64().unwrap_or(0).abs_diff(at) <= 1_000 {
+                total += 1;
+                same += usize::from(e["rules"][0]["verdict"] == d["rules"][0]["verdict"]);
+            }
+        }
+    }
+    eprintln!("REPLAY verdicts agreeing: {same} of {total}");
+    // Evaluations right at the breach may fall on either side of it: at least 70% agree.
+    assert!(
+        total >= 4 && same * 10 >= total * 7,
+        "only {same} of {total} verdicts agree"
+    );
+    w.sandbox.shutdown().await;
+}

@@ -3,10 +3,12 @@
 mod completions;
 mod demo;
 mod explain;
+mod export;
 mod fmt;
 mod lint;
 mod operator;
 mod plan;
+mod replay;
 mod run;
 mod sandbox;
 mod simulate;
@@ -64,6 +66,8 @@ pub fn run(cli: Cli) -> Exit {
         Command::Test(a) => test::run(&a),
         Command::Sandbox(a) => sandbox::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Export(a) => export::run(&a),
+        Command::Replay(a) => replay::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Status(a) => operator::run(OperatorVerb::Status, &a),
         Command::Approve(a) => operator::run(OperatorVerb::Approve, &a),

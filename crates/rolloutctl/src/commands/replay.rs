@@ -1,0 +1,117 @@
+use std::io::IsTerminal as _;
+
+use rollout_engine::Decision;
+use rollout_runner::cluster::{self, Isvc};
+use rollout_runner::replay::{self, ReplayConfig};
+
+use super::Exit;
+use crate::cli::{ReplayArgs, RunOutput};
+use crate::{files, live};
+
+/// Parses `2026-11-29T04:00:00Z` or unix seconds into ms.
+pub fn parse_time(s: &str) -> Option<u64> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs >= 0.0).then(|| (secs * 1000.0) as u64);
+    }
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut h = time.split(':').map(|x| x.parse::<f64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next().flatten().unwrap_or(0.0));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss;
+    (secs >= 0.0).then(|| (secs * 1000.0) as u64)
+}
+
+pub fn run(args: &ReplayArgs) -> Exit {
+    let machine = match files::load_policy(&args.policy) {
+        Ok(m) => m,
+        Err(e) => return e,
+    };
+    let (Some(from), Some(to)) = (parse_time(&args.from), parse_time(&args.to)) else {
+        eprintln!(
+            "error: --from and --to take RFC 3339 times (2026-11-29T04:00:00Z) or unix seconds"
+        );
+        return Exit::Usage;
+    };
+    if to <= from {
+        eprintln!("error: --to must be after --from");
+        return Exit::Usage;
+    }
+    let json = match args.output {
+        RunOutput::Json => true,
+        RunOutput::Live => false,
+        RunOutput::Auto => !std::io::stdout().is_terminal(),
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    else {
+        eprintln!("error: cannot start the runtime");
+        return Exit::Usage;
+    };
+    rt.block_on(async {
+        let policy = machine.policy().clone();
+        let (canary, stable) = match (&args.canary, &args.stable) {
+            (Some(c), Some(s)) => (c.clone(), s.clone()),
+            _ => {
+                // The revisions the runner recorded on the InferenceService.
+                let client = match rollout_runner::client(args.kubeconfig.as_deref(), None).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: give --canary and --stable, or a cluster to read them from: {e}");
+                        return Exit::Usage;
+                    }
+                };
+                let isvc = Isvc::new(client, &policy.target.namespace, &policy.target.name);
+                let Ok(obj) = isvc.get(3).await else {
+                    eprintln!("error: cannot read {}/{}; give --canary and --stable", policy.target.namespace, policy.target.name);
+                    return Exit::Failed;
+                };
+                match (cluster::annotation(&obj, "rolloutctl.io/canary-revision"), cluster::annotation(&obj, "rolloutctl.io/stable-revision")) {
+                    (Some(c), Some(s)) => (c.to_string(), s.to_string()),
+                    _ => {
+                        eprintln!("error: the InferenceService has no rolloutctl revision annotations; give --canary and --stable");
+                        return Exit::Usage;
+                    }
+                }
+            }
+        };
+        let on_decision: Box<dyn FnMut(&Decision) + Send> = if json {
+            Box::new(|d: &Decision| println!("{}", serde_json::to_string(d).unwrap_or_default()))
+        } else {
+            let mut view = live::Live::new();
+            Box::new(move |d: &Decision| view.show(d))
+        };
+        let cfg = ReplayConfig {
+            prometheus_url: args.prometheus_url.clone().unwrap_or_else(|| policy.prometheus.url.clone()),
+            policy,
+            from_ms: from,
+            to_ms: to,
+            canary,
+            stable,
+            step_s: 1.0,
+            on_decision,
+        };
+        match replay::replay(cfg).await {
+            Ok(r) => {
+                eprintln!(
+                    "replay: {}{} ({} queries)",
+                    r.outcome.as_str(),
+                    r.rollback_at.map_or(String::new(), |t| format!(", rollback at {:.3}", t as f64 / 1000.0)),
+                    r.queries
+                );
+                r.outcome.into()
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Failed
+            }
+        }
+    })
+}
