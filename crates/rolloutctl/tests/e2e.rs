@@ -833,11 +833,10 @@ async fn replaying_a_bad_canary_from_prometheus_history_gives_the_same_decisions
             .iter()
             .filter(|e| e["evaluated"] == true)
             .min_by_key(|e| e["at"].as_u64().unwrap_or(0).abs_diff(at))
+            && e["at"].as_u64().unwrap_or(0).abs_diff(at) <= 1_000
         {
-            if e["at"].as_u64().unwrap_or(0).abs_diff(at) <= 1_000 {
-                total += 1;
-                same += usize::from(e["rules"][0]["verdict"] == d["rules"][0]["verdict"]);
-            }
+            total += 1;
+            same += usize::from(e["rules"][0]["verdict"] == d["rules"][0]["verdict"]);
         }
     }
     eprintln!("REPLAY verdicts agreeing: {same} of {total}");

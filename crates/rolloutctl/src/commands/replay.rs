@@ -11,7 +11,7 @@ use crate::{files, live};
 /// Parses `2026-11-29T04:00:00Z` or unix seconds into ms.
 pub fn parse_time(s: &str) -> Option<u64> {
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0).then(|| (secs * 1000.0) as u64);
+        return (secs >= 0.0).then_some((secs * 1000.0) as u64);
     }
     let (date, time) = s.trim_end_matches('Z').split_once('T')?;
     let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
@@ -24,7 +24,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
     let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     let secs = days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss;
-    (secs >= 0.0).then(|| (secs * 1000.0) as u64)
+    (secs >= 0.0).then_some((secs * 1000.0) as u64)
 }
 
 pub fn run(args: &ReplayArgs) -> Exit {
