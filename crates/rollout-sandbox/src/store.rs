@@ -349,36 +349,16 @@ impl Store {
         {
             return Err(ApiError::conflict(key));
         }
-        let mut obj = current.clone();
-        if status_only {
-            obj["status"] = new.get("status").cloned().unwrap_or(json!({}));
-        } else {
-            let status = current.get("status").cloned();
-            obj = new;
-            let m = ensure_object(&mut obj);
-            match status {
-                Some(s) => {
-                    m.insert("status".into(), s);
-                }
-                None => {
-                    m.remove("status");
-                }
-            }
-            for field in [
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "namespace",
-                "name",
-            ] {
-                if let Some(v) = current["metadata"].get(field) {
-                    obj["metadata"][field] = v.clone();
-                }
-            }
-            obj["apiVersion"] = json!(key.res.api_version());
-            obj["kind"] = json!(key.res.kind());
-        }
-        self.commit(key, &current, obj)
+        // The same rules as a patch: the server keeps `.status` (or everything but `.status`)
+        // and its own metadata.
+        let (api_version, kind) = (key.res.api_version(), key.res.kind());
+        self.modify(key, status_only, move |obj| {
+            *obj = new;
+            let m = ensure_object(obj);
+            m.insert("apiVersion".into(), json!(api_version));
+            m.insert("kind".into(), json!(kind));
+            Ok(())
+        })
     }
 
     /// Applies a change computed by `f` to the current object (patches), with the same rules.

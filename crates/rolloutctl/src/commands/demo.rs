@@ -52,16 +52,9 @@ async fn deploy(isvc_api: &Isvc, obj: Value, want_percent: u8, what: &str) -> Re
 }
 
 pub fn run(args: &DemoArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return Exit::Usage;
-        }
+        Err(e) => return e,
     };
     rt.block_on(async {
         let started = Instant::now();

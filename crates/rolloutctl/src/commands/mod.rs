@@ -55,6 +55,20 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// The async runtime of the commands that talk to a cluster or Prometheus (two workers: the
+/// machines this runs on have two cores). Prints the error and returns `Err(Exit::Usage)` if it
+/// cannot start.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            Exit::Usage
+        })
+}
+
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Exit {
     match cli.command {

@@ -47,13 +47,9 @@ pub fn run(args: &ReplayArgs) -> Exit {
         RunOutput::Live => false,
         RunOutput::Auto => !std::io::stdout().is_terminal(),
     };
-    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    else {
-        eprintln!("error: cannot start the runtime");
-        return Exit::Usage;
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
     };
     rt.block_on(async {
         let policy = machine.policy().clone();

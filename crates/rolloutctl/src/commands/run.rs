@@ -18,16 +18,9 @@ pub fn run(args: &RunArgs) -> Exit {
         RunOutput::Live => false,
         RunOutput::Auto => !std::io::stdout().is_terminal(),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return Exit::Usage;
-        }
+        Err(e) => return e,
     };
     rt.block_on(async {
         let client =

@@ -6,16 +6,9 @@ use super::Exit;
 use crate::cli::SandboxArgs;
 
 pub fn run(args: &SandboxArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(2)
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return Exit::Usage;
-        }
+        Err(e) => return e,
     };
     rt.block_on(async {
         let config = Config {
