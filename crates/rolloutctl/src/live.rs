@@ -4,6 +4,24 @@ use std::io::IsTerminal as _;
 
 use rollout_engine::{Decision, Verdict};
 
+use crate::cli::RunOutput;
+
+/// Where decisions go: one JSON record per line, or the live view (`auto`: the live view on a
+/// terminal, JSON otherwise).
+pub fn sink(output: RunOutput) -> Box<dyn FnMut(&Decision) + Send> {
+    let json = match output {
+        RunOutput::Json => true,
+        RunOutput::Live => false,
+        RunOutput::Auto => !std::io::stdout().is_terminal(),
+    };
+    if json {
+        Box::new(|d: &Decision| println!("{}", serde_json::to_string(d).unwrap_or_default()))
+    } else {
+        let mut view = Live::new();
+        Box::new(move |d: &Decision| view.show(d))
+    }
+}
+
 /// Prints decisions for a person: a header line per change, rule lines per evaluation.
 #[derive(Debug)]
 pub struct Live {

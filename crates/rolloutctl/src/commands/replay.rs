@@ -1,11 +1,8 @@
-use std::io::IsTerminal as _;
-
-use rollout_engine::Decision;
 use rollout_runner::cluster::{self, Isvc};
 use rollout_runner::replay::{self, ReplayConfig};
 
 use super::Exit;
-use crate::cli::{ReplayArgs, RunOutput};
+use crate::cli::ReplayArgs;
 use crate::{files, live};
 
 /// Parses `2026-11-29T04:00:00Z` or unix seconds into ms.
@@ -42,11 +39,6 @@ pub fn run(args: &ReplayArgs) -> Exit {
         eprintln!("error: --to must be after --from");
         return Exit::Usage;
     }
-    let json = match args.output {
-        RunOutput::Json => true,
-        RunOutput::Live => false,
-        RunOutput::Auto => !std::io::stdout().is_terminal(),
-    };
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
@@ -78,12 +70,7 @@ pub fn run(args: &ReplayArgs) -> Exit {
                 }
             }
         };
-        let on_decision: Box<dyn FnMut(&Decision) + Send> = if json {
-            Box::new(|d: &Decision| println!("{}", serde_json::to_string(d).unwrap_or_default()))
-        } else {
-            let mut view = live::Live::new();
-            Box::new(move |d: &Decision| view.show(d))
-        };
+        let on_decision = live::sink(args.output);
         let cfg = ReplayConfig {
             prometheus_url: args.prometheus_url.clone().unwrap_or_else(|| policy.prometheus.url.clone()),
             policy,

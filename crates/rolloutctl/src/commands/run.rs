@@ -1,10 +1,7 @@
-use std::io::IsTerminal as _;
-
-use rollout_engine::Decision;
 use rollout_runner::{RunConfig, RunEnd};
 
 use super::Exit;
-use crate::cli::{RunArgs, RunOutput};
+use crate::cli::RunArgs;
 use crate::{files, live};
 
 pub fn run(args: &RunArgs) -> Exit {
@@ -13,11 +10,6 @@ pub fn run(args: &RunArgs) -> Exit {
         Err(e) => return e,
     };
     let text = std::fs::read_to_string(&args.policy).unwrap_or_default();
-    let json = match args.output {
-        RunOutput::Json => true,
-        RunOutput::Live => false,
-        RunOutput::Auto => !std::io::stdout().is_terminal(),
-    };
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
@@ -32,12 +24,7 @@ pub fn run(args: &RunArgs) -> Exit {
                     return Exit::Failed;
                 }
             };
-        let on_decision: Box<dyn FnMut(&Decision) + Send> = if json {
-            Box::new(|d: &Decision| println!("{}", serde_json::to_string(d).unwrap_or_default()))
-        } else {
-            let mut view = live::Live::new();
-            Box::new(move |d: &Decision| view.show(d))
-        };
+        let on_decision = live::sink(args.output);
         let cfg = RunConfig {
             policy: machine.policy().clone(),
             policy_hash: rollout_runner::policy_hash(&text),
