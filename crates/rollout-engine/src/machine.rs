@@ -1427,7 +1427,7 @@ impl<'m> Step<'m> {
             now,
             stale_after_ms: ms(policy.evaluation.stale_after),
         };
-        let cumulative = cumulative_window(now, Self::period_start_of(state).unwrap_or(now));
+        let cumulative = cumulative_window(now, Machine::period_start(state).unwrap_or(now));
         let mut ev = Evaluation {
             records: Vec::with_capacity(policy.rules.len()),
             acted: None,
@@ -1517,10 +1517,6 @@ impl<'m> Step<'m> {
         // Never pass on nothing: at least one rule must have judged the canary.
         ev.passing = ev.passing && any_pass;
         ev
-    }
-
-    fn period_start_of(state: &State) -> Option<Millis> {
-        Machine::period_start(state)
     }
 
     /// One rule's verdict, in the documented order: query error, guards' data, guards, the

@@ -249,7 +249,6 @@ fn failures_policy(mode: &str) -> Machine {
 fn alternating(m: &Machine) -> bool {
     let mut s = m.initial_state();
     let pattern = [true, true, false];
-    let mut i = 0usize;
     let outs = drive(m, &mut s, 600_000, 10_000, &|t| {
         let bad = pattern[(t / 10_000) as usize % 3];
         Box::new(move |name: &str, canary: bool| Sample::Value {
@@ -262,8 +261,6 @@ fn alternating(m: &Machine) -> bool {
             at: t,
         })
     });
-    i += outs.len();
-    let _ = i;
     outs.iter()
         .any(|o| o.decision.rules.iter().any(|r| r.acted))
 }

@@ -1254,7 +1254,7 @@ impl<'a> Checker<'a> {
                     self.err(Diagnostic::new(
                         Code::NotBoolean,
                         format!("`not` applies to conditions, but this is {}", d.describe()),
-                        x_span(e),
+                        e.span,
                         "not a condition",
                     ));
                     return None;
@@ -2235,10 +2235,6 @@ impl<'a> Checker<'a> {
 /// The window rendered into `${window}` when validating a template: a duration no one writes, so
 /// ranges that come from `${window}` can be told apart from literal ones.
 const WINDOW_SENTINEL: Duration = Duration::from_millis(7_919_993);
-
-fn x_span(e: &ast::Expr) -> Span {
-    e.span
-}
 
 fn placeholder_list() -> String {
     Var::ALL

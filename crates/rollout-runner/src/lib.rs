@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 use kube::Client;
-use rollout_engine::{Command, Decision, Input, Machine, Observations, Outcome, Phase, State};
+use rollout_engine::{Command, Decision, Input, Machine, Observations, Outcome, State};
 use rollout_policy::model::Policy;
 use serde_json::{Value, json};
 
@@ -354,15 +354,6 @@ pub async fn run(client: Client, mut cfg: RunConfig) -> RunEnd {
                 lease.release().await;
             }
             return RunEnd::Outcome(Outcome::of(&state));
-        }
-        if cfg.dry_run
-            && matches!(
-                state.phase,
-                Phase::ShiftingTraffic { .. } | Phase::Promoting { .. } | Phase::RollingBack { .. }
-            )
-        {
-            // Nothing will change in a dry run; treat the requested traffic as applied so the
-            // evaluation can go on, without writing it.
         }
         // Wait for the machine's next time, or a change to the InferenceService (watch).
         let wake = out

@@ -63,6 +63,8 @@ impl PromAuth {
 pub struct Prom {
     client: Client,
     auth: PromAuth,
+    /// The `Authorization` header, built once (marked sensitive), for instant and range queries.
+    authorization: Option<reqwest::header::HeaderValue>,
     timeout: Duration,
     /// The base URL.
     pub url: String,
@@ -94,9 +96,18 @@ impl Prom {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client =
             Client::from(http, url).map_err(|e| format!("invalid Prometheus URL `{url}`: {e}"))?;
+        let authorization = match (&auth.token, &auth.basic) {
+            (Some(t), _) => Some(sensitive(&format!("Bearer {}", t.expose()))),
+            (None, Some((user, pass))) => {
+                let raw = format!("{user}:{}", pass.expose());
+                Some(sensitive(&format!("Basic {}", base64(raw.as_bytes()))))
+            }
+            (None, None) => None,
+        };
         Ok(Prom {
             client,
             auth,
+            authorization,
             timeout,
             url: url.to_string(),
         })
@@ -140,11 +151,8 @@ impl Prom {
                 step_s,
             )
             .timeout(self.timeout.as_millis() as i64);
-        if let Some(t) = &self.auth.token {
-            q = q.header(
-                reqwest::header::AUTHORIZATION,
-                sensitive(&format!("Bearer {}", t.expose())),
-            );
+        if let Some(h) = &self.authorization {
+            q = q.header(reqwest::header::AUTHORIZATION, h.clone());
         }
         let res = q.post().await.map_err(|e| {
             format!(
@@ -177,18 +185,8 @@ impl Prom {
         if let Some(at) = at_ms {
             q = q.at((at / 1000) as i64);
         }
-        if let Some(t) = &self.auth.token {
-            q = q.header(
-                reqwest::header::AUTHORIZATION,
-                sensitive(&format!("Bearer {}", t.expose())),
-            );
-        }
-        if let Some((user, pass)) = &self.auth.basic {
-            let raw = format!("{user}:{}", pass.expose());
-            q = q.header(
-                reqwest::header::AUTHORIZATION,
-                sensitive(&format!("Basic {}", base64(raw.as_bytes()))),
-            );
+        if let Some(h) = &self.authorization {
+            q = q.header(reqwest::header::AUTHORIZATION, h.clone());
         }
         match q.post().await {
             Err(e) => Sample::Error {

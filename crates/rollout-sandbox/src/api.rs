@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
 
+use crate::App;
 use crate::store::{ApiError, Key, Res, WatchEvent};
-use crate::{App, kserve};
 
 fn json_response(code: u16, v: &Value) -> Response {
     let mut r = (
@@ -828,11 +828,3 @@ fn patch(
         }),
     }
 }
-
-/// Whether an object is an InferenceService the controller should reconcile.
-pub fn is_isvc(key: &Key) -> bool {
-    key.res == Res::Isvc
-}
-
-/// Re-exported for the controller loop.
-pub use kserve::standard_mode;

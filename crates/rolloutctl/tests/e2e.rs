@@ -189,6 +189,27 @@ impl World {
             .expect("rolloutctl")
     }
 
+    /// Runs `policy` on a healthy canary; `after` the 10% hold begins, the canary starts
+    /// failing (30% of its requests return 500). Returns the runner and when the failure began.
+    async fn failing_at_10_percent(&self, policy: &Path, after: Duration) -> (Runner, Instant) {
+        self.canary(json!({})).await;
+        let r = self.run(policy, &[], &[]);
+        r.until(30, "the 10% hold", |d| {
+            d["to"] == "holding" && d["traffic"] == 10
+        })
+        .await;
+        tokio::time::sleep(after).await;
+        let breach = Instant::now();
+        self.sandbox.set_revision(
+            V2,
+            &RevisionControl {
+                error_rate: Some(0.3),
+                ..Default::default()
+            },
+        );
+        (r, breach)
+    }
+
     async fn obj(&self) -> DynamicObject {
         self.isvc.get(3).await.expect("isvc")
     }
@@ -387,22 +408,8 @@ async fn healthy_canary_is_promoted_and_the_annotations_and_events_tell_the_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_5xx_regression_at_10_percent_is_rolled_back_fast() {
     let w = world(60.0).await;
-    w.canary(json!({})).await;
     let p = w.policy_file(&policy("", STEPS, "", ON));
-    let mut r = w.run(&p, &[], &[]);
-    r.until(30, "the 10% hold", |d| {
-        d["to"] == "holding" && d["traffic"] == 10
-    })
-    .await;
-    // The canary starts failing: 30% of its requests return 500.
-    let breach = Instant::now();
-    w.sandbox.set_revision(
-        V2,
-        &RevisionControl {
-            error_rate: Some(0.3),
-            ..Default::default()
-        },
-    );
+    let (mut r, breach) = w.failing_at_10_percent(&p, Duration::ZERO).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let rolled_back_at = loop {
         if let Some(o) = w.sandbox.get(
@@ -754,21 +761,8 @@ async fn dry_run_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replaying_a_bad_canary_from_prometheus_history_gives_the_same_decisions() {
     let w = world(60.0).await;
-    w.canary(json!({})).await;
     let p = w.policy_file(&policy("", STEPS, "", ON));
-    let mut r = w.run(&p, &[], &[]);
-    r.until(30, "the 10% hold", |d| {
-        d["to"] == "holding" && d["traffic"] == 10
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    w.sandbox.set_revision(
-        V2,
-        &RevisionControl {
-            error_rate: Some(0.3),
-            ..Default::default()
-        },
-    );
+    let (mut r, _) = w.failing_at_10_percent(&p, Duration::from_secs(4)).await;
     assert_eq!(r.exit(60).await, 3, "rolled back live");
     let live = r.decisions();
     let from = live

@@ -69,6 +69,20 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
         })
 }
 
+/// A Kubernetes client for the commands that talk to a cluster; prints why not and returns
+/// `Err(Exit::Failed)` when it cannot connect.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, Exit> {
+    rollout_runner::client(kubeconfig, context)
+        .await
+        .map_err(|e| {
+            eprintln!("error: cannot connect to Kubernetes: {e}");
+            Exit::Failed
+        })
+}
+
 /// Dispatches a parsed command line.
 pub fn run(cli: Cli) -> Exit {
     match cli.command {

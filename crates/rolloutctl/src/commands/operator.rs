@@ -4,28 +4,17 @@ use rollout_runner::cluster::{self, Isvc};
 use super::Exit;
 use crate::cli::{OperatorArgs, OperatorVerb};
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()
-}
-
 pub fn run(verb: OperatorVerb, args: &OperatorArgs) -> Exit {
-    let Some(rt) = runtime() else {
-        eprintln!("error: cannot start the runtime");
-        return Exit::Usage;
+    let rt = match super::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
     };
     rt.block_on(async {
-        let client =
-            match rollout_runner::client(args.kubeconfig.as_deref(), args.context.as_deref()).await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: cannot connect to Kubernetes: {e}");
-                    return Exit::Failed;
-                }
-            };
+        let client = match super::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await
+        {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
         let ns = match &args.namespace {
             Some(n) => n.clone(),
             None => client.default_namespace().to_string(),

@@ -15,15 +15,11 @@ pub fn run(args: &RunArgs) -> Exit {
         Err(e) => return e,
     };
     rt.block_on(async {
-        let client =
-            match rollout_runner::client(args.kubeconfig.as_deref(), args.context.as_deref()).await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: cannot connect to Kubernetes: {e}");
-                    return Exit::Failed;
-                }
-            };
+        let client = match super::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await
+        {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
         let on_decision = live::sink(args.output);
         let cfg = RunConfig {
             policy: machine.policy().clone(),
