@@ -29,7 +29,7 @@ mod rng;
 pub mod scenario;
 pub mod sim;
 pub mod stats;
-mod yaml;
+pub mod yaml;
 
 pub use eval::{Comparison, Missing, Observations, QueryKey, Sample};
 pub use machine::{

@@ -101,6 +101,8 @@ pub enum Command {
         after_help = "Examples:\n  rolloutctl sandbox\n  rolloutctl sandbox --api-port 6443 --rps 50"
     )]
     Sandbox(SandboxArgs),
+    /// Print the ModelRollout CustomResourceDefinition (`rolloutctl crd | kubectl apply -f -`)
+    Crd,
     /// Print shell completions
     Completions(CompletionsArgs),
 }

@@ -615,3 +615,24 @@ fn grafana_dashboard_has_panels_and_every_promql_parses() {
         assert!(exprs >= 4);
     }
 }
+
+#[test]
+fn deploy_crd_yaml_is_what_the_types_generate() {
+    let out = rolloutctl(&["crd"]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed =
+        std::fs::read_to_string(root().join("deploy/crd.yaml")).expect("deploy/crd.yaml");
+    assert!(
+        stdout(&out) == committed,
+        "deploy/crd.yaml differs from the ModelRollout types; regenerate it with\n  cargo run -p rolloutctl -- crd > deploy/crd.yaml"
+    );
+    assert!(committed.contains("name: modelrollouts.rolloutctl.io"));
+    assert!(committed.contains("- mro"));
+    for col in ["Phase", "Step", "Traffic", "Canary", "Stable", "Age"] {
+        assert!(
+            committed.contains(&format!("name: {col}\n")),
+            "printer column {col}"
+        );
+    }
+    assert!(committed.contains("status: {}"), "status subresource");
+}

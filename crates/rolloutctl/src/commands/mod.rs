@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns an [`Exit`].
 
 mod completions;
+mod crd;
 mod demo;
 mod explain;
 mod export;
@@ -103,6 +104,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Resume(a) => operator::run(OperatorVerb::Resume, &a),
         Command::Abort(a) => operator::run(OperatorVerb::Abort, &a),
         Command::Promote(a) => operator::run(OperatorVerb::Promote, &a),
+        Command::Crd => crd::run(),
         Command::Completions(a) => completions::run(&a),
     }
 }
