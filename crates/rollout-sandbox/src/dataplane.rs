@@ -36,29 +36,6 @@ pub struct Metrics {
     series: BTreeMap<RevKey, BTreeMap<u16, Series>>,
 }
 
-/// The revisions that receive traffic, with their share, from an InferenceService's status.
-pub fn traffic(obj: &Value) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = Vec::new();
-    for t in obj
-        .pointer("/status/components/predictor/traffic")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let (Some(rev), Some(p)) = (t["revisionName"].as_str(), t["percent"].as_f64()) else {
-            continue;
-        };
-        if p <= 0.0 {
-            continue;
-        }
-        match out.iter_mut().find(|(r, _)| r == rev) {
-            Some(e) => e.1 += p,
-            None => out.push((rev.to_string(), p)),
-        }
-    }
-    out
-}
-
 /// The request rate of an InferenceService: its annotation, or the default.
 pub fn rps(obj: &Value, default: f64) -> f64 {
     obj.pointer("/metadata/annotations")

@@ -1,14 +1,53 @@
-//! The KServe controller, emulated: revisions, readiness, the canary traffic split and the
-//! rolled-out bookkeeping, computed as KServe's Knative reconciler does (see
-//! `docs/sandbox.md` and the field guide's §2).
+//! The KServe controller, emulated for InferenceServices in Knative mode: from an
+//! InferenceService and the `inferenceservice-config` ConfigMap to the desired Knative Service
+//! (template and traffic), and from the Knative Service's status back to the InferenceService's
+//! status. Sources (kserve/kserve v0.20):
+//!
+//! - annotations and labels: `pkg/controller/v1beta1/inferenceservice/components/predictor.go`
+//!   `buildPredictorResources` / `buildObjectMeta` filter them through the exact-key disallow
+//!   lists of `pkg/constants/constants.go:537-547` plus the ConfigMap's
+//!   `serviceAnnotationDisallowedList` / `serviceLabelDisallowedList`
+//!   (`pkg/apis/serving/v1beta1/configmap.go:239-252`, re-read on every reconcile); everything
+//!   else goes into the revision template (`reconcilers/knative/ksvc_reconciler.go:102-205`),
+//!   except `serving.knative.dev/rollout-duration`, which moves to the Knative Service itself;
+//! - traffic: `ksvc_reconciler.go:134-153` (`canaryTrafficPercent` splits between the latest
+//!   revision and `latestRolledoutRevision`, tagged `prev`, only once something was rolled out);
+//! - status: `pkg/apis/serving/v1beta1/inference_service_status.go` `PropagateStatus`
+//!   (rolled-out bookkeeping, `observedGeneration` is the Knative Service's, line 635) and
+//!   `PropagateRawStatusWithMessages` (`ReconcileFailed` when Knative rejects the service,
+//!   `predictor.go:242-244`); `IngressReady` follows `PredictorReady`
+//!   (`reconcilers/ingress/ingress_reconciler.go:484-497`);
+//! - the finalizer `inferenceservice.finalizers` (`controller.go:176-190`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::knative::{self, Cond, Service, Target};
 
 /// Annotation prefix for sandbox behaviour (error rate, latency, readiness, request rate).
 pub const ANNOTATION_PREFIX: &str = "sandbox.rolloutctl.io/";
+/// KServe's finalizer.
+pub const FINALIZER: &str = "inferenceservice.finalizers";
+/// The ingress domain (Knative's default for KServe's quick start).
+pub const DOMAIN: &str = "example.com";
+
+/// Annotations never propagated to the revision (`constants.go:537-543`).
+pub const DEFAULT_ANNOTATION_DISALLOWED: [&str; 5] = [
+    "autoscaling.knative.dev/min-scale",
+    "autoscaling.knative.dev/max-scale",
+    "internal.serving.kserve.io/storage-initializer-sourceuri",
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "modelFormat",
+];
+/// Labels never propagated (`constants.go:545-547`).
+pub const DEFAULT_LABEL_DISALLOWED: [&str; 1] = ["networking.knative.dev/visibility"];
+/// Annotations moved to the Knative Service's own metadata (`ksvc_reconciler.go:50-54`).
+const KSVC_ANNOTATIONS: [&str; 2] = [
+    "serving.knative.dev/rollout-duration",
+    "serving.knative.openshift.io/enablePassthrough",
+];
 
 /// How a revision behaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,84 +70,149 @@ impl Default for Behaviour {
     }
 }
 
-/// One Knative revision.
-#[derive(Clone, Debug)]
-pub struct Revision {
-    /// `<name>-predictor-0000N`.
-    pub name: String,
-    /// The template it was created from.
-    pub template: String,
-    /// When it becomes ready (`None`: never, it fails).
-    pub ready_at: Option<Instant>,
-    /// Its behaviour.
-    pub behaviour: Behaviour,
+/// The disallow lists in force.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Disallowed {
+    /// Annotation keys.
+    pub annotations: Vec<String>,
+    /// Label keys.
+    pub labels: Vec<String>,
 }
 
-impl Revision {
-    /// Ready at `now`.
-    pub fn ready(&self, now: Instant) -> bool {
-        self.ready_at.is_some_and(|t| t <= now)
-    }
+/// The lists from the `inferenceservice-config` ConfigMap's data, as `NewInferenceServicesConfig`
+/// builds them: the defaults plus the ConfigMap's entries when its `inferenceService` key is
+/// there (when it is not, the lists stay empty, as there). `Err` when the key is not JSON (the
+/// controller's reconcile then fails and changes nothing).
+pub fn disallowed(data: &Value) -> Result<Disallowed, String> {
+    let Some(text) = data["inferenceService"].as_str() else {
+        return Ok(Disallowed::default());
+    };
+    let cfg: Value =
+        serde_json::from_str(text).map_err(|e| format!("unable to parse isvc config json: {e}"))?;
+    let list = |key: &str, defaults: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
+        v.extend(
+            cfg[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string)),
+        );
+        v
+    };
+    Ok(Disallowed {
+        annotations: list(
+            "serviceAnnotationDisallowedList",
+            &DEFAULT_ANNOTATION_DISALLOWED,
+        ),
+        labels: list("serviceLabelDisallowedList", &DEFAULT_LABEL_DISALLOWED),
+    })
 }
 
-/// Controller state per InferenceService (namespace, name).
-#[derive(Debug, Default)]
-pub struct Controller {
-    /// Revisions in creation order.
-    pub revisions: HashMap<(String, String), Vec<Revision>>,
-    /// Revisions made to fail readiness by the control interface.
-    pub failing: Vec<String>,
-    /// Behaviour overrides by revision name, from the control interface.
-    pub overrides: HashMap<String, Behaviour>,
+/// The `inferenceservice-config` data the sandbox starts with (the `inferenceService` key of
+/// KServe's `config/configmap/inferenceservice.yaml`).
+pub fn default_config_data() -> Value {
+    json!({
+        "inferenceService": "{\n  \"resource\": {\n    \"cpuLimit\": \"1\",\n    \"memoryLimit\": \"2Gi\",\n    \"cpuRequest\": \"1\",\n    \"memoryRequest\": \"2Gi\"\n  }\n}",
+        "deploy": "{\n  \"defaultDeploymentMode\": \"Serverless\"\n}",
+    })
 }
 
-fn annotations(obj: &Value) -> serde_json::Map<String, Value> {
-    obj.pointer("/metadata/annotations")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+fn string_map(v: &Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
 }
 
-/// Whether an annotation is propagated to the revision (and so part of its template).
-fn propagated(key: &str) -> bool {
-    !key.starts_with("kubectl.kubernetes.io/") && !key.starts_with("rolloutctl.io/")
-}
-
-/// The component spec without `canaryTrafficPercent`, plus propagated annotations and labels:
-/// what makes a new revision.
-fn template(obj: &Value) -> String {
-    let mut predictor = obj.pointer("/spec/predictor").cloned().unwrap_or(json!({}));
-    if let Some(m) = predictor.as_object_mut() {
-        m.remove("canaryTrafficPercent");
-    }
-    let ann: serde_json::Map<String, Value> = annotations(obj)
+/// The revision template KServe builds for the predictor: filtered annotations and labels, and
+/// the predictor spec without the fields that are not part of it.
+pub fn template(obj: &Value, lists: &Disallowed, retemplates: u64) -> Value {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let predictor = &obj["spec"]["predictor"];
+    let keep_ann =
+        |k: &String| !lists.annotations.contains(k) && !KSVC_ANNOTATIONS.contains(&k.as_str());
+    let mut annotations: Map<String, Value> = string_map(&obj["metadata"]["annotations"])
         .into_iter()
-        .filter(|(k, _)| propagated(k))
+        .filter(|(k, _)| keep_ann(k))
         .collect();
-    let labels = obj
-        .pointer("/metadata/labels")
-        .cloned()
-        .unwrap_or(json!({}));
-    json!({"predictor": predictor, "annotations": ann, "labels": labels}).to_string()
+    for (k, v) in string_map(&predictor["annotations"]) {
+        if keep_ann(&k) {
+            annotations.insert(k, v);
+        }
+    }
+    // Re-derived from the spec (`SetAutoScalingAnnotations`, storage initializer).
+    annotations.insert(
+        "autoscaling.knative.dev/min-scale".into(),
+        json!(predictor["minReplicas"].as_i64().unwrap_or(1).to_string()),
+    );
+    if let Some(max) = predictor["maxReplicas"].as_i64() {
+        annotations.insert(
+            "autoscaling.knative.dev/max-scale".into(),
+            json!(max.to_string()),
+        );
+    }
+    if let Some(uri) = storage_uri(predictor) {
+        annotations.insert(
+            "internal.serving.kserve.io/storage-initializer-sourceuri".into(),
+            json!(uri),
+        );
+    }
+    let mut labels: Map<String, Value> = string_map(&obj["metadata"]["labels"]);
+    for (k, v) in string_map(&predictor["labels"]) {
+        labels.insert(k, v);
+    }
+    labels.insert("serving.kserve.io/inferenceservice".into(), json!(name));
+    labels.insert("component".into(), json!("predictor"));
+    labels.retain(|k, _| !lists.labels.contains(k));
+    let mut spec = predictor.clone();
+    if let Some(m) = spec.as_object_mut() {
+        for f in [
+            "canaryTrafficPercent",
+            "annotations",
+            "labels",
+            "minReplicas",
+            "maxReplicas",
+        ] {
+            m.remove(f);
+        }
+        if retemplates > 0 {
+            // A ServingRuntime or KServe configuration change re-renders the pod spec.
+            m.insert("sandboxRuntimeGeneration".into(), json!(retemplates));
+        }
+    }
+    json!({"metadata": {"annotations": annotations, "labels": labels}, "spec": spec})
 }
 
-fn behaviour_from(ann: &serde_json::Map<String, Value>, default: Behaviour) -> Behaviour {
+/// The model URI of a predictor (`model.storageUri`, a framework's, or the predictor's own).
+pub fn storage_uri(predictor: &Value) -> Option<String> {
+    if let Some(u) = predictor
+        .pointer("/model/storageUri")
+        .and_then(Value::as_str)
+    {
+        return Some(u.to_string());
+    }
+    if let Some(m) = predictor.as_object() {
+        for v in m.values() {
+            if let Some(u) = v.get("storageUri").and_then(Value::as_str) {
+                return Some(u.to_string());
+            }
+        }
+    }
+    predictor["storageUri"].as_str().map(str::to_string)
+}
+
+fn behaviour_from(ann: &Map<String, Value>, default: Behaviour) -> Behaviour {
     let num = |k: &str| -> Option<f64> {
-        ann.get(&format!("{ANNOTATION_PREFIX}{k}")).and_then(|v| {
-            v.as_str()
-                .and_then(|s| s.trim().trim_end_matches('%').parse().ok())
-                .or_else(|| v.as_f64())
-        })
+        ann.get(&format!("{ANNOTATION_PREFIX}{k}"))
+            .and_then(Value::as_str)
+            .and_then(|s| s.trim().trim_end_matches('%').parse().ok())
     };
     let mut b = default;
     if let Some(e) = ann
         .get(&format!("{ANNOTATION_PREFIX}error-rate"))
         .and_then(Value::as_str)
+        && let Some(v) = num("error-rate")
     {
         let pct = e.trim().ends_with('%');
-        if let Some(v) = num("error-rate") {
-            b.error_rate = if pct { v / 100.0 } else { v }.clamp(0.0, 1.0);
-        }
+        b.error_rate = if pct { v / 100.0 } else { v }.clamp(0.0, 1.0);
     }
     if let Some(v) = num("latency-p50-ms") {
         b.p50_ms = v.max(0.1);
@@ -119,158 +223,299 @@ fn behaviour_from(ann: &serde_json::Map<String, Value>, default: Behaviour) -> B
     b
 }
 
-/// Whether the InferenceService is in Standard/RawDeployment mode.
-pub fn standard_mode(obj: &Value) -> bool {
-    matches!(
-        annotations(obj)
-            .get("serving.kserve.io/deploymentMode")
-            .and_then(Value::as_str),
-        Some("Standard" | "RawDeployment")
-    )
+/// The deployment mode of an InferenceService: the status's, else the annotation's (after the
+/// defaulting webhook), else Knative.
+pub fn mode(obj: &Value) -> String {
+    obj.pointer("/status/deploymentMode")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            obj.pointer("/metadata/annotations/serving.kserve.io~1deploymentMode")
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("Knative")
+        .to_string()
+}
+
+/// Controller state of one InferenceService.
+#[derive(Clone, Debug)]
+pub struct IsvcState {
+    /// The object's uid: a re-created InferenceService starts afresh (revision 00001).
+    pub uid: String,
+    /// Its predictor's Knative Service.
+    pub service: Service,
+    /// Revisions forced from outside the InferenceService (ServingRuntime or config changes).
+    pub retemplates: u64,
+    /// Standard mode: when the Deployment became available.
+    pub created: Instant,
+}
+
+/// What one reconcile decided.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// The new status (`None`: leave it).
+    pub status: Option<Value>,
+    /// Add KServe's finalizer.
+    pub add_finalizer: bool,
+    /// Remove KServe's finalizer (the object is being deleted).
+    pub remove_finalizer: bool,
+}
+
+/// Settings of the emulation.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long a new revision takes to become ready.
+    pub ready_delay: Duration,
+    /// How long the ingress takes to program a traffic change.
+    pub route_delay: Duration,
+    /// Behaviour of revisions without behaviour annotations.
+    pub behaviour: Behaviour,
+}
+
+/// Controller state per InferenceService (namespace, name).
+#[derive(Debug, Default)]
+pub struct Controller {
+    /// Per InferenceService.
+    pub isvcs: HashMap<(String, String), IsvcState>,
+    /// Revisions made to fail readiness by the control interface.
+    pub failing: Vec<String>,
+    /// Behaviour overrides by revision name, from the control interface.
+    pub overrides: HashMap<String, Behaviour>,
+    /// Behaviour by revision name, from the template the revision was created from.
+    pub behaviours: HashMap<String, Behaviour>,
+}
+
+fn condition(t: &str, c: &knative::Condition, info: bool, now: &str) -> Value {
+    let mut v = json!({"type": t, "status": c.status.as_str(), "lastTransitionTime": now});
+    if !c.reason.is_empty() {
+        v["reason"] = json!(c.reason);
+    }
+    if !c.message.is_empty() {
+        v["message"] = json!(c.message);
+    }
+    if info {
+        v["severity"] = json!("Info");
+    }
+    v
+}
+
+/// Keeps `lastTransitionTime` of conditions whose status did not change.
+fn keep_times(old: &Value, status: &mut Value) {
+    if let Some(old_conds) = old.pointer("/status/conditions").and_then(Value::as_array)
+        && let Some(new_conds) = status["conditions"].as_array_mut()
+    {
+        for c in new_conds {
+            if let Some(o) = old_conds
+                .iter()
+                .find(|o| o["type"] == c["type"] && o["status"] == c["status"])
+            {
+                c["lastTransitionTime"] = o["lastTransitionTime"].clone();
+            }
+        }
+    }
+}
+
+/// The overall `Ready` of KServe's living condition set: `PredictorReady` and `IngressReady`.
+fn ready_of(deps: &[&knative::Condition]) -> knative::Condition {
+    deps.iter()
+        .find(|c| c.status == Cond::False)
+        .or_else(|| deps.iter().find(|c| c.status == Cond::Unknown))
+        .map(|c| (*c).clone())
+        .unwrap_or(knative::Condition {
+            status: Cond::True,
+            reason: String::new(),
+            message: String::new(),
+        })
 }
 
 impl Controller {
-    /// Computes the status the InferenceService should have now, creating a revision when its
-    /// template changed. Returns the new status.
+    /// One reconcile of an InferenceService. `config` is the `inferenceservice-config`
+    /// ConfigMap's data (`None`: the ConfigMap is missing and the reconcile fails).
     pub fn reconcile(
         &mut self,
         obj: &Value,
+        config: Option<&Value>,
         now: Instant,
-        ready_delay: Duration,
-        default: Behaviour,
-    ) -> Value {
-        let ns = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-            .to_string();
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
+        timing: Timing,
+    ) -> Reconciled {
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
             .unwrap_or("")
             .to_string();
-        let ann = annotations(obj);
-        let standard = standard_mode(obj);
-        let tpl = template(obj);
-        let revs = self
-            .revisions
-            .entry((ns.clone(), name.clone()))
-            .or_default();
-        if revs.last().is_none_or(|r| r.template != tpl) {
-            let n = revs.len() + 1;
-            let rev_name = format!("{name}-predictor-{n:05}");
-            let fails = ann
-                .get(&format!("{ANNOTATION_PREFIX}fail-readiness"))
-                .and_then(Value::as_str)
-                .is_some_and(|v| v == "true");
-            revs.push(Revision {
-                name: rev_name,
-                template: tpl,
-                ready_at: (!fails).then(|| now + ready_delay),
-                behaviour: behaviour_from(&ann, default),
-            });
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let key = (ns.clone(), name.clone());
+        let finalizers: Vec<&str> = obj["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if obj["metadata"]["deletionTimestamp"].is_string() {
+            self.isvcs.remove(&key);
+            return Reconciled {
+                remove_finalizer: finalizers.contains(&FINALIZER),
+                ..Reconciled::default()
+            };
         }
-        let failing = &self.failing;
-        let ready = |r: &Revision| r.ready(now) && !failing.contains(&r.name);
-        let latest_created = revs.last().map(|r| r.name.clone()).unwrap_or_default();
-        let latest_ready = revs.iter().rev().find(|r| ready(r)).map(|r| r.name.clone());
-        let created_failed = revs
-            .last()
-            .is_some_and(|r| r.ready_at.is_none() || failing.contains(&r.name));
-        let old = obj
+        if !finalizers.contains(&FINALIZER) {
+            return Reconciled {
+                add_finalizer: true,
+                ..Reconciled::default()
+            };
+        }
+        let Some(lists) = config.and_then(|c| disallowed(c).ok()) else {
+            return Reconciled::default();
+        };
+        let service_name = format!("{name}-predictor");
+        if self.isvcs.get(&key).is_none_or(|s| s.uid != uid) {
+            self.isvcs.insert(
+                key.clone(),
+                IsvcState {
+                    uid: uid.clone(),
+                    service: Service::new(&service_name, now),
+                    retemplates: 0,
+                    created: now,
+                },
+            );
+        }
+        let now_ts = crate::store::now_rfc3339();
+        let standard = matches!(mode(obj).as_str(), "Standard" | "RawDeployment");
+        let failing = self.failing.clone();
+        let Some(st) = self.isvcs.get_mut(&key) else {
+            return Reconciled::default();
+        };
+        if standard {
+            return Reconciled {
+                status: Some(standard_status(obj, st, now, timing, &now_ts)),
+                ..Reconciled::default()
+            };
+        }
+        let old_pred = obj
             .pointer("/status/components/predictor")
             .cloned()
             .unwrap_or(json!({}));
-        let mut rolled = old["latestRolledoutRevision"]
+        let rolled = old_pred["latestRolledoutRevision"]
             .as_str()
             .unwrap_or("")
             .to_string();
-        let mut previous = old["previousRolledoutRevision"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let percent = obj
-            .pointer("/spec/predictor/canaryTrafficPercent")
-            .and_then(Value::as_i64)
-            .map(|p| p.clamp(0, 100));
-        let tag_routing = ann
+        let ann = string_map(&obj["metadata"]["annotations"]);
+        let tag_latest = ann
             .get("serving.kserve.io/enable-tag-routing")
             .and_then(Value::as_str)
             == Some("true");
-        let domain = format!("{ns}.example.com");
-        let traffic_for = |rolled: &str| -> Vec<Value> {
-            let Some(latest) = &latest_ready else {
-                return vec![];
-            };
-            let mut latest_entry = json!({"latestRevision": true, "revisionName": latest});
-            if tag_routing {
-                latest_entry["tag"] = json!("latest");
-                latest_entry["url"] = json!(format!("http://latest-{name}-predictor.{domain}"));
-            }
-            match percent {
-                Some(p) if !standard && !rolled.is_empty() => {
-                    latest_entry["percent"] = json!(p);
-                    let mut t = vec![latest_entry];
-                    if p < 100 {
-                        t.push(json!({
-                            "latestRevision": false, "percent": 100 - p, "revisionName": rolled,
-                            "tag": "prev", "url": format!("http://prev-{name}-predictor.{domain}"),
-                        }));
-                    }
-                    t
+        let percent = obj
+            .pointer("/spec/predictor/canaryTrafficPercent")
+            .and_then(Value::as_i64);
+        let latest_tag = tag_latest.then(|| "latest".to_string());
+        let traffic = match percent {
+            Some(p) if !rolled.is_empty() => {
+                let mut t = vec![Target {
+                    latest: true,
+                    revision: None,
+                    percent: p,
+                    tag: latest_tag,
+                }];
+                if p < 100 {
+                    t.push(Target {
+                        latest: false,
+                        revision: Some(rolled.clone()),
+                        percent: 100 - p,
+                        tag: Some("prev".into()),
+                    });
                 }
-                _ => {
-                    latest_entry["percent"] = json!(100);
-                    vec![latest_entry]
-                }
+                t
             }
+            _ => vec![Target {
+                latest: true,
+                revision: None,
+                percent: 100,
+                tag: latest_tag,
+            }],
         };
-        let mut traffic = traffic_for(&rolled);
-        // Bookkeeping (PropagateStatus): the rolled-out fields move only at 100%.
-        if let Some(latest) = &latest_ready {
-            let latest_pct = traffic
-                .first()
-                .and_then(|t| t["percent"].as_i64())
-                .unwrap_or(0);
-            if latest_pct == 100 && rolled != *latest {
-                previous = rolled.clone();
-                rolled = latest.clone();
-            } else if !standard
-                && latest_pct < 100
-                && *latest == latest_created
-                && rolled == *latest
-                && !previous.is_empty()
-                && traffic
-                    .iter()
-                    .all(|t| t["revisionName"].as_str() == Some(latest.as_str()))
-            {
-                // Rolling back a revision that was already rolled out.
-                rolled = previous.clone();
-                traffic = traffic_for(&rolled);
+        let tpl = template(obj, &lists, st.retemplates);
+        let tpl_ann = string_map(&tpl["metadata"]["annotations"]);
+        let fails = tpl_ann
+            .get(&format!("{ANNOTATION_PREFIX}fail-readiness"))
+            .and_then(Value::as_str)
+            == Some("true");
+        let rejected = match st
+            .service
+            .update(tpl, traffic, now, timing.ready_delay, fails)
+        {
+            Ok(created) => {
+                if created && let Some(r) = st.service.revisions.last() {
+                    self.behaviours
+                        .insert(r.name.clone(), behaviour_from(&tpl_ann, timing.behaviour));
+                }
+                None
+            }
+            Err(e) => Some(format!(
+                "fails to reconcile predictor: fails to update knative service: admission webhook \"validation.webhook.serving.knative.dev\" denied the request: validation failed: {e}"
+            )),
+        };
+        let Some(st) = self.isvcs.get_mut(&key) else {
+            return Reconciled::default();
+        };
+        st.service.tick(now, timing.route_delay, &failing);
+        if let Some(message) = rejected {
+            // PropagateRawStatusWithMessages: PredictorReady (and so Ready) False, the rest as it was.
+            let mut status = obj.get("status").cloned().unwrap_or(json!({}));
+            let failed = knative::Condition {
+                status: Cond::False,
+                reason: "ReconcileFailed".into(),
+                message,
+            };
+            let mut conds: Vec<Value> = status["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c["type"] != "PredictorReady" && c["type"] != "Ready")
+                .collect();
+            conds.push(condition("PredictorReady", &failed, false, &now_ts));
+            conds.push(condition("Ready", &failed, false, &now_ts));
+            conds.sort_by(|a, b| a["type"].as_str().cmp(&b["type"].as_str()));
+            status["conditions"] = json!(conds);
+            status["deploymentMode"] = json!("Knative");
+            keep_times(obj, &mut status);
+            return Reconciled {
+                status: Some(status),
+                ..Reconciled::default()
+            };
+        }
+        let ks = st.service.status(now, &failing);
+        // PropagateStatus: the rolled-out bookkeeping.
+        let mut rolled = rolled;
+        let mut previous = old_pred["previousRolledoutRevision"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let mut by_revision: HashMap<&str, i64> = HashMap::new();
+        for t in &ks.traffic {
+            *by_revision.entry(t.revision.as_str()).or_default() += t.percent;
+        }
+        for t in &ks.traffic {
+            if Some(&t.revision) == ks.latest_ready.as_ref() && t.latest {
+                if rolled != t.revision {
+                    if t.percent == 100 {
+                        previous = rolled.clone();
+                        rolled = t.revision.clone();
+                    }
+                } else if ks.latest_ready.as_deref() == Some(ks.latest_created.as_str())
+                    && t.percent < 100
+                    && by_revision.get(t.revision.as_str()) == Some(&100)
+                    && !previous.is_empty()
+                {
+                    // The latest ready revision was rolled out at 100% and is being rolled back.
+                    rolled = previous.clone();
+                }
             }
         }
-        let is_ready = latest_ready.as_deref() == Some(latest_created.as_str()) && !created_failed;
-        let now_ts = crate::store::now_rfc3339();
-        let cond = |t: &str, ok: bool, reason: Option<&str>| {
-            let mut c = json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now_ts});
-            if let Some(r) = reason.filter(|_| !ok) {
-                c["reason"] = json!(r);
-            }
-            c
-        };
-        let failed_reason = if created_failed {
-            Some("RevisionFailed")
-        } else {
-            Some("RevisionMissing")
-        };
-        let url = format!("http://{name}.{domain}");
         let mut predictor = json!({
-            "latestCreatedRevision": latest_created,
-            "traffic": traffic,
-            "url": format!("http://{name}-predictor.{domain}"),
-            "address": {"url": format!("http://{name}-predictor.{ns}.svc.cluster.local")},
+            "latestCreatedRevision": ks.latest_created,
+            "traffic": knative::traffic_json(&ks.traffic, &service_name, &ns, DOMAIN),
         });
-        if let Some(r) = &latest_ready {
+        if let Some(r) = &ks.latest_ready {
             predictor["latestReadyRevision"] = json!(r);
         }
         if !rolled.is_empty() {
@@ -279,62 +524,143 @@ impl Controller {
         if !previous.is_empty() {
             predictor["previousRolledoutRevision"] = json!(previous);
         }
+        // The component URL and address appear once the service has been Ready.
+        let ever_ready = ks.ready.status == Cond::True || old_pred.get("url").is_some();
+        if ever_ready {
+            predictor["url"] = json!(format!("http://{service_name}.{ns}.{DOMAIN}"));
+            predictor["address"] =
+                json!({"url": format!("http://{service_name}.{ns}.svc.cluster.local")});
+        }
+        let ingress = if ks.ready.status == Cond::True {
+            ks.ready.clone()
+        } else {
+            knative::Condition {
+                status: ks.ready.status,
+                reason: "Predictor ingress not created".into(),
+                message: String::new(),
+            }
+        };
+        let ready = ready_of(&[&ks.ready, &ingress]);
         let mut status = json!({
-            "observedGeneration": obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
-            "deploymentMode": if standard { "Standard" } else { "Knative" },
+            "observedGeneration": ks.observed_generation,
+            "deploymentMode": "Knative",
             "components": {"predictor": predictor},
             "conditions": [
-                cond("IngressReady", latest_ready.is_some(), Some("IngressNotReady")),
-                cond("PredictorConfigurationReady", is_ready, failed_reason),
-                cond("PredictorReady", is_ready, failed_reason),
-                cond("PredictorRouteReady", latest_ready.is_some(), Some("RouteNotReady")),
-                cond("Ready", is_ready, failed_reason),
+                condition("IngressReady", &ingress, false, &now_ts),
+                condition("PredictorConfigurationReady", &ks.configurations_ready, true, &now_ts),
+                condition("PredictorReady", &ks.ready, false, &now_ts),
+                condition("PredictorRouteReady", &ks.routes_ready, true, &now_ts),
+                condition("Ready", &ready, false, &now_ts),
             ],
             "modelStatus": {
-                "states": {"activeModelState": if latest_ready.is_some() { "Loaded" } else { "Pending" }, "targetModelState": "Loaded"},
-                "transitionStatus": if is_ready { "UpToDate" } else { "InProgress" },
+                "states": {"activeModelState": if ks.latest_ready.is_some() { "Loaded" } else { "Pending" }, "targetModelState": "Loaded"},
+                "transitionStatus": if ready.status == Cond::True { "UpToDate" } else { "InProgress" },
+                "copies": {"failedCopies": 0, "totalCopies": 1},
             },
         });
-        if latest_ready.is_some() {
-            status["url"] = json!(url);
+        if ever_ready {
+            status["url"] = json!(format!("http://{name}.{ns}.{DOMAIN}"));
             status["address"] = json!({"url": format!("http://{name}.{ns}.svc.cluster.local")});
         }
-        // Keep condition timestamps stable when nothing changed, so reconciling is idempotent.
-        if let Some(old_conds) = obj.pointer("/status/conditions").and_then(Value::as_array)
-            && let Some(new_conds) = status["conditions"].as_array_mut()
-        {
-            for c in new_conds {
-                if let Some(o) = old_conds
-                    .iter()
-                    .find(|o| o["type"] == c["type"] && o["status"] == c["status"])
-                {
-                    c["lastTransitionTime"] = o["lastTransitionTime"].clone();
-                }
+        keep_times(obj, &mut status);
+        Reconciled {
+            status: Some(status),
+            ..Reconciled::default()
+        }
+    }
+
+    /// The split the data plane serves for an InferenceService now: (revision, percent).
+    pub fn serving(&self, ns: &str, name: &str) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        let Some(st) = self.isvcs.get(&(ns.to_string(), name.to_string())) else {
+            return out;
+        };
+        for r in st.service.serving() {
+            if r.percent <= 0 {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| *n == r.revision) {
+                Some(e) => e.1 += r.percent as f64,
+                None => out.push((r.revision.clone(), r.percent as f64)),
             }
         }
-        status
+        out
+    }
+
+    /// Forces a new revision of an InferenceService from outside it, as a ServingRuntime or
+    /// KServe configuration change does. Returns false if it is unknown.
+    pub fn retemplate(&mut self, ns: &str, name: &str) -> bool {
+        match self.isvcs.get_mut(&(ns.to_string(), name.to_string())) {
+            Some(st) => {
+                st.retemplates += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The behaviour of a revision (overrides first).
     pub fn behaviour(&self, revision: &str) -> Behaviour {
-        if let Some(b) = self.overrides.get(revision) {
-            return *b;
-        }
-        self.revisions
-            .values()
-            .flatten()
-            .find(|r| r.name == revision)
-            .map(|r| r.behaviour)
+        self.overrides
+            .get(revision)
+            .or_else(|| self.behaviours.get(revision))
+            .copied()
             .unwrap_or_default()
     }
 
-    /// The earliest time a revision becomes ready, if any is pending (to schedule a reconcile).
-    pub fn next_ready(&self, now: Instant) -> Option<Instant> {
-        self.revisions
-            .values()
-            .flatten()
-            .filter_map(|r| r.ready_at)
-            .filter(|t| *t > now)
-            .min()
+    /// Every revision with its readiness now.
+    pub fn revisions(&self, now: Instant) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for st in self.isvcs.values() {
+            for r in &st.service.revisions {
+                out.push((
+                    r.name.clone(),
+                    r.ready_at.is_some_and(|t| t <= now) && !self.failing.contains(&r.name),
+                ));
+            }
+        }
+        out
     }
+
+    /// Whether any service waits on time (so the loop keeps reconciling).
+    pub fn pending(&self, now: Instant) -> bool {
+        self.isvcs.values().any(|s| s.service.pending(now))
+    }
+}
+
+/// Standard (raw Deployment) mode: no revisions and no traffic; the predictor has only a URL
+/// once its Deployment is available (`PropagateRawStatus`, `inference_service_status.go:360-458`).
+/// `canaryTrafficPercent` does nothing here.
+fn standard_status(
+    obj: &Value,
+    st: &IsvcState,
+    now: Instant,
+    timing: Timing,
+    now_ts: &str,
+) -> Value {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let available = now >= st.created + timing.ready_delay;
+    let c = knative::Condition {
+        status: if available { Cond::True } else { Cond::Unknown },
+        reason: String::new(),
+        message: String::new(),
+    };
+    let mut status = json!({
+        "deploymentMode": "Standard",
+        "observedGeneration": 1,
+        "components": {"predictor": {}},
+        "conditions": [
+            condition("IngressReady", &c, false, now_ts),
+            condition("PredictorReady", &c, false, now_ts),
+            condition("Ready", &c, false, now_ts),
+        ],
+    });
+    if available {
+        status["components"]["predictor"]["url"] =
+            json!(format!("http://{name}-predictor-{ns}.{DOMAIN}"));
+        status["url"] = json!(format!("http://{name}-{ns}.{DOMAIN}"));
+    }
+    keep_times(obj, &mut status);
+    status
 }

@@ -8,11 +8,22 @@
 //! Prometheus scraping them when one is installed; and fault injection for the runner's tests.
 //! What it emulates faithfully and what it does not is in `docs/sandbox.md`.
 
+pub mod admission;
 pub mod api;
+pub mod control;
 pub mod dataplane;
+pub mod discovery;
+pub mod jsonpath;
+pub mod knative;
 pub mod kserve;
+pub mod kserve_crd;
+pub mod patch;
 pub mod prometheus;
+pub mod schema;
 pub mod store;
+pub mod table;
+pub mod types;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,8 +37,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::kserve::{Behaviour, Controller};
-use crate::store::{ApiError, Key, Res, Store};
+pub use crate::control::{RevisionControl, set_revision};
+use crate::kserve::{Behaviour, Controller, Timing};
+use crate::store::{ApiError, Key, Store};
+use crate::types::ids;
 
 /// Settings of a sandbox.
 #[derive(Clone, Debug)]
@@ -38,6 +51,8 @@ pub struct Config {
     pub exporter_port: u16,
     /// How long a new revision takes to become ready.
     pub ready_delay: Duration,
+    /// How long the ingress takes to program a traffic change (Ready is Unknown meanwhile).
+    pub route_delay: Duration,
     /// Requests per second per InferenceService (annotation `sandbox.rolloutctl.io/rps` overrides).
     pub rps: f64,
     /// Behaviour of revisions without behaviour annotations.
@@ -50,6 +65,8 @@ pub struct Config {
     pub namespace: String,
     /// Where to write the kubeconfig and Prometheus's data (a fresh temporary directory if `None`).
     pub dir: Option<PathBuf>,
+    /// CustomResourceDefinitions applied at start (as a cluster with those tools installed).
+    pub crds: Vec<Value>,
 }
 
 impl Default for Config {
@@ -58,12 +75,14 @@ impl Default for Config {
             api_port: 0,
             exporter_port: 0,
             ready_delay: Duration::from_secs(1),
+            route_delay: Duration::from_millis(300),
             rps: 20.0,
             behaviour: Behaviour::default(),
             seed: 1,
             prometheus: true,
             namespace: "kserve-test".into(),
             dir: None,
+            crds: Vec::new(),
         }
     }
 }
@@ -74,10 +93,17 @@ impl Default for Config {
 pub struct Faults {
     /// Fail this many of the next resource requests.
     pub fail_next: u32,
-    /// With this HTTP code (500 or 409; never 429/503/504, which clients retry many times).
+    /// With this HTTP code (500, 409, 422 or 403; never 429/503/504, which clients retry many
+    /// times).
     pub fail_code: u16,
     /// Only requests with this method (e.g. `PATCH`).
     pub fail_method: Option<String>,
+    /// Only watch requests (a Role without `watch` gets a 403 on every one).
+    pub fail_watch: bool,
+    /// Only requests whose path contains this.
+    pub fail_path: Option<String>,
+    /// Requests failed so far (read back).
+    pub failed: u64,
     /// Delay every resource request by this many milliseconds.
     pub delay_ms: u64,
     /// The exporter answers 503 (Prometheus sees the target down and the series go stale).
@@ -120,111 +146,62 @@ pub fn write<T>(
     Ok(r)
 }
 
-/// The controller loop body: bring every InferenceService's status up to date.
-fn reconcile_all(s: &mut Shared) {
+/// The controller loop body: KServe (and Knative under it) reconciles every
+/// InferenceService; its writes (finalizers, status) are not counted as client writes.
+pub(crate) fn reconcile_all(s: &mut Shared) {
     let now = Instant::now();
-    for key in s.store.keys(Res::Isvc) {
+    let timing = Timing {
+        ready_delay: s.config.ready_delay,
+        route_delay: s.config.route_delay,
+        behaviour: s.config.behaviour,
+    };
+    let config = s
+        .store
+        .get(&Key::new(
+            ids::CONFIGMAPS,
+            "kserve",
+            "inferenceservice-config",
+        ))
+        .ok()
+        .map(|c| c["data"].clone());
+    let before = s.store.writes.clone();
+    for key in s.store.keys(ids::ISVC) {
         let Ok(obj) = s.store.get(&key) else { continue };
-        let status = s
-            .controller
-            .reconcile(&obj, now, s.config.ready_delay, s.config.behaviour);
-        if obj.get("status") != Some(&status) {
+        let r = s.controller.reconcile(&obj, config.as_ref(), now, timing);
+        if r.add_finalizer || r.remove_finalizer {
+            let _ = s.store.modify(&key, false, |o| {
+                let mut f: Vec<Value> = o["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                f.retain(|x| x != kserve::FINALIZER);
+                if r.add_finalizer {
+                    f.push(json!(kserve::FINALIZER));
+                }
+                o["metadata"]["finalizers"] = json!(f);
+                Ok(())
+            });
+            continue;
+        }
+        if let Some(status) = r.status
+            && obj.get("status") != Some(&status)
+        {
             let _ = s.store.modify(&key, true, |o| {
                 o["status"] = status;
                 Ok(())
             });
         }
     }
+    s.store.writes = before;
 }
 
-/// The control interface: `POST /_sandbox/faults`, `POST /_sandbox/revisions/<name>`,
-/// `GET /_sandbox/state`.
-pub fn control(app: &App, method: &Method, seg: &[&str], body: &[u8]) -> Response {
-    let ok = |v: Value| (StatusCode::OK, v.to_string()).into_response();
-    let bad =
-        |m: String| (StatusCode::BAD_REQUEST, json!({"error": m}).to_string()).into_response();
-    match (method, seg) {
-        (&Method::POST, ["faults"]) => match serde_json::from_slice::<Faults>(body) {
-            Ok(mut f) => {
-                if f.fail_next > 0 && !matches!(f.fail_code, 409 | 500 | 422) {
-                    f.fail_code = 500;
-                }
-                lock(app).faults = f;
-                ok(json!({"ok": true}))
-            }
-            Err(e) => bad(e.to_string()),
-        },
-        (&Method::POST, ["revisions", name]) => {
-            match serde_json::from_slice::<RevisionControl>(body) {
-                Ok(c) => {
-                    set_revision(app, name, &c);
-                    ok(json!({"ok": true}))
-                }
-                Err(e) => bad(e.to_string()),
-            }
-        }
-        (&Method::GET, ["state"]) => {
-            let s = lock(app);
-            let revisions: Vec<Value> = s
-                .controller
-                .revisions
-                .values()
-                .flatten()
-                .map(|r| json!({"name": r.name, "ready": r.ready(Instant::now()), "behaviour": {"error_rate": s.controller.behaviour(&r.name).error_rate}}))
-                .collect();
-            ok(
-                json!({"resourceVersion": s.store.rv(), "revisions": revisions, "exporter_down": s.faults.exporter_down}),
-            )
-        }
-        _ => (StatusCode::NOT_FOUND, "unknown sandbox control endpoint").into_response(),
-    }
-}
-
-/// A live change to one revision.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct RevisionControl {
-    /// Make it fail (or pass) readiness.
-    pub failing: Option<bool>,
-    /// New error rate (0..1).
-    pub error_rate: Option<f64>,
-    /// New median latency, ms.
-    pub latency_p50_ms: Option<f64>,
-    /// New 95th percentile latency, ms.
-    pub latency_p95_ms: Option<f64>,
-}
-
-/// Applies a [`RevisionControl`].
-pub fn set_revision(app: &App, name: &str, c: &RevisionControl) {
-    let mut s = lock(app);
-    if let Some(f) = c.failing {
-        s.controller.failing.retain(|r| r != name);
-        if f {
-            s.controller.failing.push(name.to_string());
-        }
-    }
-    if c.error_rate.is_some() || c.latency_p50_ms.is_some() || c.latency_p95_ms.is_some() {
-        let mut b = s.controller.behaviour(name);
-        if let Some(e) = c.error_rate {
-            b.error_rate = e.clamp(0.0, 1.0);
-        }
-        if let Some(v) = c.latency_p50_ms {
-            b.p50_ms = v.max(0.1);
-        }
-        if let Some(v) = c.latency_p95_ms {
-            b.p95_ms = v.max(b.p50_ms);
-        }
-        s.controller.overrides.insert(name.to_string(), b);
-    }
-    reconcile_all(&mut s);
-}
-
-/// One tick of the data plane: generate `dt` of requests for every InferenceService.
+/// One tick of the data plane: generate `dt` of requests for every InferenceService, split as
+/// the ingress serves them.
 fn generate(s: &mut Shared, dt: Duration) {
     let mut live: HashMap<(String, String), Vec<String>> = HashMap::new();
-    for key in s.store.keys(Res::Isvc) {
+    for key in s.store.keys(ids::ISVC) {
         let Ok(obj) = s.store.get(&key) else { continue };
-        let traffic = dataplane::traffic(&obj);
+        let traffic = s.controller.serving(&key.ns, &key.name);
         live.insert(
             (key.ns.clone(), key.name.clone()),
             traffic.iter().map(|(r, _)| r.clone()).collect(),
@@ -241,6 +218,37 @@ fn generate(s: &mut Shared, dt: Duration) {
         }
     }
     s.metrics.retain(&live);
+}
+
+/// What a cluster with KServe installed has from the start: its namespaces, KServe's
+/// InferenceService CRD and `inferenceservice-config`, and the configured CRDs.
+fn seed(s: &mut Shared) {
+    for ns in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "kserve",
+        "kserve-test",
+    ] {
+        s.store.seed(
+            Key::new(ids::NAMESPACES, "", ns),
+            json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+                   "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+        );
+    }
+    let mut crds = vec![kserve_crd::crd()];
+    crds.extend(s.config.crds.iter().cloned());
+    for crd in crds {
+        let name = crd["metadata"]["name"].as_str().unwrap_or("").to_string();
+        s.store.seed(Key::new(ids::CRDS, "", &name), crd);
+    }
+    s.store.seed(
+        Key::new(ids::CONFIGMAPS, "kserve", "inferenceservice-config"),
+        json!({"metadata": {"name": "inferenceservice-config", "namespace": "kserve"},
+               "data": kserve::default_config_data()}),
+    );
+    s.store.writes.clear();
 }
 
 /// A running sandbox. Dropping it stops its servers and Prometheus.
@@ -289,6 +297,7 @@ impl Sandbox {
             rng: fastrand::Rng::with_seed(config.seed),
             config: config.clone(),
         }));
+        seed(&mut lock(&app));
         let api_listener =
             tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], config.api_port)))
                 .await?;
@@ -371,16 +380,30 @@ impl Sandbox {
         set_revision(&self.app, name, c);
     }
 
-    /// An object, for assertions.
-    pub fn get(&self, res: Res, ns: &str, name: &str) -> Option<Value> {
+    /// An object, for assertions (`res` is a storage identity such as [`types::ids::ISVC`]).
+    pub fn get(&self, res: &str, ns: &str, name: &str) -> Option<Value> {
+        lock(&self.app).store.get(&Key::new(res, ns, name)).ok()
+    }
+
+    /// An InferenceService, for assertions.
+    pub fn isvc(&self, ns: &str, name: &str) -> Option<Value> {
+        self.get(ids::ISVC, ns, name)
+    }
+
+    /// Forces a new revision of an InferenceService from outside it (a ServingRuntime or
+    /// KServe configuration change).
+    pub fn retemplate(&self, ns: &str, name: &str) -> bool {
+        control::retemplate(&self.app, ns, name)
+    }
+
+    /// Client writes (creates, updates, patches other than status) to an object so far.
+    pub fn writes(&self, res: &str, ns: &str, name: &str) -> u64 {
         lock(&self.app)
             .store
-            .get(&Key {
-                res,
-                ns: ns.into(),
-                name: name.into(),
-            })
-            .ok()
+            .writes
+            .get(&Key::new(res, ns, name))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Stops everything: servers, loops and Prometheus; removes its temporary directory.
@@ -436,7 +459,7 @@ fn exporter(app: &App, method: &Method, uri: &Uri) -> Response {
         let mut s = lock(app);
         let key = s
             .store
-            .keys(Res::Isvc)
+            .keys(ids::ISVC)
             .into_iter()
             .find(|k| k.name == model && ns.as_deref().is_none_or(|n| k.ns == n));
         let Some(key) = key else {
@@ -446,11 +469,7 @@ fn exporter(app: &App, method: &Method, uri: &Uri) -> Response {
             )
                 .into_response();
         };
-        let traffic = s
-            .store
-            .get(&key)
-            .map(|o| dataplane::traffic(&o))
-            .unwrap_or_default();
+        let traffic = s.controller.serving(&key.ns, &key.name);
         let Some(rev) = dataplane::pick(&mut s.rng, &traffic).map(str::to_string) else {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

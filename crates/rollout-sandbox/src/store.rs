@@ -1,93 +1,38 @@
 //! The object store: one global resourceVersion, objects by resource/namespace/name, a bounded
-//! log of watch events, server-side-apply bookkeeping, and the Kubernetes object semantics the
-//! clients rely on (generation, conflicts, status subresource).
+//! log of watch events, and the object semantics of the Kubernetes API server that clients rely
+//! on: namespaces that must exist, metadata that must be well-formed, `generation`, optimistic
+//! concurrency (409 on a stale resourceVersion), the status subresource, structural schemas of
+//! custom resources, finalizers with `deletionTimestamp`, and garbage collection of dependents
+//! through ownerReferences (`pkg/controller/garbagecollector`, background propagation).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-/// The resources the sandbox serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Res {
-    /// `serving.kserve.io/v1beta1` InferenceService.
-    Isvc,
-    /// `coordination.k8s.io/v1` Lease.
-    Lease,
-    /// `events.k8s.io/v1` Event (also listed as core v1 events).
-    Event,
-    /// Core v1 Namespace (cluster-scoped).
-    Namespace,
-}
-
-impl Res {
-    /// API group ("" for core).
-    pub fn group(self) -> &'static str {
-        match self {
-            Res::Isvc => "serving.kserve.io",
-            Res::Lease => "coordination.k8s.io",
-            Res::Event => "events.k8s.io",
-            Res::Namespace => "",
-        }
-    }
-    /// Version.
-    pub fn version(self) -> &'static str {
-        match self {
-            Res::Isvc => "v1beta1",
-            _ => "v1",
-        }
-    }
-    /// `group/version` or `v1`.
-    pub fn api_version(self) -> String {
-        if self.group().is_empty() {
-            self.version().to_string()
-        } else {
-            format!("{}/{}", self.group(), self.version())
-        }
-    }
-    /// Plural.
-    pub fn plural(self) -> &'static str {
-        match self {
-            Res::Isvc => "inferenceservices",
-            Res::Lease => "leases",
-            Res::Event => "events",
-            Res::Namespace => "namespaces",
-        }
-    }
-    /// Kind.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Res::Isvc => "InferenceService",
-            Res::Lease => "Lease",
-            Res::Event => "Event",
-            Res::Namespace => "Namespace",
-        }
-    }
-    /// `plural.group`, as in error messages.
-    pub fn qualified(self) -> String {
-        if self.group().is_empty() {
-            self.plural().to_string()
-        } else {
-            format!("{}.{}", self.plural(), self.group())
-        }
-    }
-    /// Finds a namespaced resource by group, version and plural.
-    pub fn find(group: &str, version: &str, plural: &str) -> Option<Res> {
-        [Res::Isvc, Res::Lease, Res::Event, Res::Namespace]
-            .into_iter()
-            .find(|r| r.group() == group && r.version() == version && r.plural() == plural)
-    }
-}
+use crate::patch::{leaf_paths, merge, remove_path};
+use crate::types::{Registry, ResourceType, crd_status, ids};
 
 /// Where an object lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
-    /// Resource.
-    pub res: Res,
+    /// The resource's storage identity (`inferenceservices.serving.kserve.io`, `namespaces`).
+    pub res: String,
     /// Namespace ("" for cluster-scoped).
     pub ns: String,
     /// Name.
     pub name: String,
+}
+
+impl Key {
+    /// A key.
+    pub fn new(res: &str, ns: &str, name: &str) -> Key {
+        Key {
+            res: res.into(),
+            ns: ns.into(),
+            name: name.into(),
+        }
+    }
 }
 
 /// One watch event.
@@ -112,7 +57,7 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Message.
     pub message: String,
-    /// Name and kind for `details`.
+    /// Name, group and kind (or plural) for `details`.
     pub details: Option<(String, String, String)>,
 }
 
@@ -129,33 +74,28 @@ impl ApiError {
         v
     }
 
-    fn not_found(key: &Key) -> ApiError {
+    /// A 404 for an object.
+    pub fn not_found(key: &Key) -> ApiError {
+        let (group, plural) = split_id(&key.res);
         ApiError {
             code: 404,
             reason: "NotFound",
-            message: format!("{} \"{}\" not found", key.res.qualified(), key.name),
-            details: Some((
-                key.name.clone(),
-                key.res.group().into(),
-                key.res.plural().into(),
-            )),
+            message: format!("{} \"{}\" not found", key.res, key.name),
+            details: Some((key.name.clone(), group, plural)),
         }
     }
 
-    fn conflict(key: &Key) -> ApiError {
+    /// A 409 Conflict for an object.
+    pub fn conflict(key: &Key) -> ApiError {
+        let (group, plural) = split_id(&key.res);
         ApiError {
             code: 409,
             reason: "Conflict",
             message: format!(
                 "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                key.res.qualified(),
-                key.name
+                key.res, key.name
             ),
-            details: Some((
-                key.name.clone(),
-                key.res.group().into(),
-                key.res.plural().into(),
-            )),
+            details: Some((key.name.clone(), group, plural)),
         }
     }
 
@@ -167,6 +107,33 @@ impl ApiError {
             message: message.into(),
             details: None,
         }
+    }
+
+    /// A 422 Invalid for an object, with its field errors.
+    pub fn invalid(kind: &str, group: &str, name: &str, errors: &[String]) -> ApiError {
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let list = if errors.len() == 1 {
+            errors[0].clone()
+        } else {
+            format!("[{}]", errors.join(", "))
+        };
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{qualified} \"{name}\" is invalid: {list}"),
+            details: Some((name.to_string(), group.to_string(), kind.to_string())),
+        }
+    }
+}
+
+fn split_id(id: &str) -> (String, String) {
+    match id.split_once('.') {
+        Some((plural, group)) => (group.to_string(), plural.to_string()),
+        None => (String::new(), id.to_string()),
     }
 }
 
@@ -183,6 +150,11 @@ pub struct Store {
     tx: broadcast::Sender<WatchEvent>,
     /// Server-side apply: leaf paths each field manager last applied, per object.
     applied: HashMap<(Key, String), Vec<Vec<String>>>,
+    /// The served types.
+    pub registry: Registry,
+    /// Writes by clients that changed an object other than its status, per object (for
+    /// tests and the demo: how often rolloutctl writes to an InferenceService).
+    pub writes: BTreeMap<Key, u64>,
 }
 
 /// The current time as RFC 3339 (seconds).
@@ -226,8 +198,65 @@ impl Default for Store {
             log: VecDeque::new(),
             tx,
             applied: HashMap::new(),
+            registry: Registry::builtin(),
+            writes: BTreeMap::new(),
         }
     }
+}
+
+/// Whether `name` is a DNS-1123 subdomain (what most object names must be).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Checks what the API server's decoding and `ValidateObjectMeta` reject: annotations and
+/// labels are `map[string]string` (anything else cannot be decoded: 400), label values are at
+/// most 63 characters (422).
+fn check_meta(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    let meta = &obj["metadata"];
+    for field in ["annotations", "labels"] {
+        match meta.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                if let Some((k, v)) = m.iter().find(|(_, v)| !v.is_string()) {
+                    return Err(ApiError::bad_request(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: json: cannot unmarshal {} into Go struct field ObjectMeta.metadata.{field} of type string (key {k})",
+                        t.kind,
+                        t.version,
+                        t.kind,
+                        json_kind(v)
+                    )));
+                }
+                if field == "labels"
+                    && let Some((k, _)) = m
+                        .iter()
+                        .find(|(_, v)| v.as_str().is_some_and(|s| s.len() > 63))
+                {
+                    return Err(ApiError::invalid(
+                        &t.kind,
+                        &t.group,
+                        meta["name"].as_str().unwrap_or(""),
+                        &[format!(
+                            "metadata.labels: Invalid value: \"{k}\": must be no more than 63 characters"
+                        )],
+                    ));
+                }
+            }
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: json: cannot unmarshal into Go struct field ObjectMeta.metadata.{field} of type map[string]string",
+                    t.kind, t.version, t.kind
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -260,7 +289,7 @@ impl Store {
     }
 
     /// Objects of a resource, optionally in one namespace.
-    pub fn list(&self, res: Res, ns: Option<&str>) -> Vec<Value> {
+    pub fn list(&self, res: &str, ns: Option<&str>) -> Vec<Value> {
         self.objects
             .iter()
             .filter(|(k, _)| k.res == res && ns.is_none_or(|n| k.ns == n))
@@ -269,7 +298,7 @@ impl Store {
     }
 
     /// Keys of a resource.
-    pub fn keys(&self, res: Res) -> Vec<Key> {
+    pub fn keys(&self, res: &str) -> Vec<Key> {
         self.objects
             .keys()
             .filter(|k| k.res == res)
@@ -296,93 +325,190 @@ impl Store {
         let _ = self.tx.send(ev);
     }
 
-    /// Creates an object. `AlreadyExists` if the name is taken.
+    fn type_of(&self, key: &Key) -> Result<ResourceType, ApiError> {
+        self.registry
+            .by_id(&key.res)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(key))
+    }
+
+    /// Prunes, defaults and validates a custom resource against its type's schema.
+    fn check_schema(&self, t: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+        if let Some(schema) = &t.schema {
+            let errors = crate::schema::apply(obj, schema);
+            if !errors.is_empty() {
+                return Err(ApiError::invalid(
+                    &t.kind,
+                    &t.group,
+                    obj["metadata"]["name"].as_str().unwrap_or(""),
+                    &errors,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates an object: its namespace must exist, its name must be free and valid.
     pub fn create(&mut self, key: Key, mut obj: Value) -> Result<Value, ApiError> {
+        let t = self.type_of(&key)?;
+        if t.namespaced {
+            let ns = Key::new(ids::NAMESPACES, "", &key.ns);
+            if !self.objects.contains_key(&ns) {
+                return Err(ApiError {
+                    code: 404,
+                    reason: "NotFound",
+                    message: format!("namespaces \"{}\" not found", key.ns),
+                    details: Some((key.ns.clone(), String::new(), "namespaces".into())),
+                });
+            }
+        }
+        if !valid_name(&key.name) {
+            return Err(ApiError::invalid(
+                &t.kind,
+                &t.group,
+                &key.name,
+                &[format!(
+                    "metadata.name: Invalid value: \"{}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    key.name
+                )],
+            ));
+        }
         if self.objects.contains_key(&key) {
+            let (group, plural) = split_id(&key.res);
             return Err(ApiError {
                 code: 409,
                 reason: "AlreadyExists",
-                message: format!("{} \"{}\" already exists", key.res.qualified(), key.name),
-                details: Some((
-                    key.name.clone(),
-                    key.res.group().into(),
-                    key.res.plural().into(),
-                )),
+                message: format!("{} \"{}\" already exists", key.res, key.name),
+                details: Some((key.name.clone(), group, plural)),
             });
         }
-        let rv = self.bump();
-        self.uid += 1;
+        check_meta(&t, &obj)?;
         let obj_map = ensure_object(&mut obj);
-        obj_map.insert("apiVersion".into(), json!(key.res.api_version()));
-        obj_map.insert("kind".into(), json!(key.res.kind()));
+        obj_map.insert("apiVersion".into(), json!(t.api_version()));
+        obj_map.insert("kind".into(), json!(t.kind));
         let meta = obj_map.entry("metadata").or_insert_with(|| json!({}));
         if !meta.is_object() {
             *meta = json!({});
         }
         meta["name"] = json!(key.name);
-        if !key.ns.is_empty() {
+        if t.namespaced {
             meta["namespace"] = json!(key.ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
         }
+        if let Some(m) = meta.as_object_mut() {
+            for f in [
+                "managedFields",
+                "deletionTimestamp",
+                "generation",
+                "resourceVersion",
+            ] {
+                m.remove(f);
+            }
+        }
+        if t.status_subresource && key.res != ids::CRDS {
+            // A create through the main resource drops the status
+            // (`customresource` strategy `PrepareForCreate`).
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        self.check_schema(&t, &mut obj)?;
+        if key.res == ids::CRDS {
+            self.registry
+                .register_crd(&obj)
+                .map_err(|e| ApiError::invalid(&t.kind, &t.group, &key.name, &[e]))?;
+            obj["status"] = crd_status(&obj, &now_rfc3339());
+        }
+        let rv = self.bump();
+        self.uid += 1;
+        let meta = &mut obj["metadata"];
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uid));
         meta["creationTimestamp"] = json!(now_rfc3339());
         meta["resourceVersion"] = json!(rv.to_string());
-        meta["generation"] = json!(1);
-        if let Some(m) = meta.as_object_mut() {
-            m.remove("managedFields");
+        if t.generation {
+            meta["generation"] = json!(1);
         }
         self.objects.insert(key.clone(), obj.clone());
+        *self.writes.entry(key.clone()).or_default() += 1;
         self.record("ADDED", key, obj.clone());
         Ok(obj)
     }
 
     /// Replaces an object (`PUT`). With `status_only`, only `.status` changes; otherwise
-    /// everything but `.status`. A `metadata.resourceVersion` in the body must match.
+    /// everything but `.status` (for types with a status subresource). A
+    /// `metadata.resourceVersion` in the body must match.
     pub fn replace(&mut self, key: &Key, new: Value, status_only: bool) -> Result<Value, ApiError> {
-        let current = self.get(key)?;
-        if let Some(rv) = new
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            && rv
-                != current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or("")
-        {
-            return Err(ApiError::conflict(key));
-        }
-        // The same rules as a patch: the server keeps `.status` (or everything but `.status`)
-        // and its own metadata.
-        let (api_version, kind) = (key.res.api_version(), key.res.kind());
         self.modify(key, status_only, move |obj| {
+            let rv = obj["metadata"]["resourceVersion"].clone();
             *obj = new;
-            let m = ensure_object(obj);
-            m.insert("apiVersion".into(), json!(api_version));
-            m.insert("kind".into(), json!(kind));
+            // An update without a resourceVersion is unconditional.
+            if obj.pointer("/metadata/resourceVersion").is_none() && obj["metadata"].is_object() {
+                obj["metadata"]["resourceVersion"] = rv;
+            }
             Ok(())
         })
     }
 
-    /// Applies a change computed by `f` to the current object (patches), with the same rules.
+    /// Applies a change computed by `f` to the current object (updates and patches). A
+    /// `metadata.resourceVersion` in the result that differs from the current one is a 409,
+    /// as the API server's update precondition.
     pub fn modify(
         &mut self,
         key: &Key,
         status_only: bool,
         f: impl FnOnce(&mut Value) -> Result<(), ApiError>,
     ) -> Result<Value, ApiError> {
+        let t = self.type_of(key)?;
+        if t.read_only {
+            return Err(ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: "the server does not allow this method on the requested resource".into(),
+                details: None,
+            });
+        }
         let current = self.get(key)?;
         let mut obj = current.clone();
         f(&mut obj)?;
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
+        if let Some(rv) = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(key));
+        }
+        check_meta(&t, &obj)?;
         if status_only {
             let status = obj.get("status").cloned();
             obj = current.clone();
-            obj["status"] = status.unwrap_or(json!({}));
-        } else {
-            match current.get("status") {
-                Some(s) => obj["status"] = s.clone(),
+            match status {
+                Some(s) => obj["status"] = s,
                 None => {
                     if let Some(m) = obj.as_object_mut() {
                         m.remove("status");
                     }
                 }
+            }
+        } else {
+            if t.status_subresource {
+                match current.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = obj.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            let m = ensure_object(&mut obj);
+            m.insert("apiVersion".into(), json!(t.api_version()));
+            m.insert("kind".into(), json!(t.kind));
+            if !m.get("metadata").is_some_and(Value::is_object) {
+                m.insert("metadata".into(), json!({}));
             }
             for field in [
                 "uid",
@@ -390,44 +516,147 @@ impl Store {
                 "generation",
                 "namespace",
                 "name",
+                "deletionTimestamp",
             ] {
-                if let Some(v) = current["metadata"].get(field) {
-                    obj["metadata"][field] = v.clone();
+                match current["metadata"].get(field) {
+                    Some(v) => obj["metadata"][field] = v.clone(),
+                    None => {
+                        if let Some(m) = obj["metadata"].as_object_mut() {
+                            m.remove(field);
+                        }
+                    }
                 }
             }
         }
-        self.commit(key, &current, obj)
+        self.check_schema(&t, &mut obj)?;
+        if key.res == ids::CRDS && !status_only {
+            self.registry
+                .register_crd(&obj)
+                .map_err(|e| ApiError::invalid(&t.kind, &t.group, &key.name, &[e]))?;
+            obj["status"] = crd_status(&obj, &now_rfc3339());
+        }
+        self.commit(key, &t, &current, obj, status_only)
     }
 
-    fn commit(&mut self, key: &Key, current: &Value, mut obj: Value) -> Result<Value, ApiError> {
+    fn commit(
+        &mut self,
+        key: &Key,
+        t: &ResourceType,
+        current: &Value,
+        mut obj: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
         // No change at all: no new resourceVersion, no event (as the API server does).
         let mut probe = obj.clone();
         probe["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
         if probe == *current {
             return Ok(current.clone());
         }
-        if obj.get("spec") != current.get("spec") {
-            let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
-            obj["metadata"]["generation"] = json!(g + 1);
+        if t.generation && !status_only {
+            // Generation counts changes to anything but metadata and status.
+            let strip = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("status");
+                }
+                v
+            };
+            if strip(&obj) != strip(current) {
+                let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
+                obj["metadata"]["generation"] = json!(g + 1);
+            }
+        }
+        if !status_only {
+            *self.writes.entry(key.clone()).or_default() += 1;
         }
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let finalized = obj["metadata"]["deletionTimestamp"].is_string()
+            && obj["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty);
         self.objects.insert(key.clone(), obj.clone());
         self.record("MODIFIED", key.clone(), obj.clone());
+        if finalized {
+            // The last finalizer is gone: the object goes now.
+            self.remove(key);
+        }
         Ok(obj)
     }
 
-    /// Deletes an object.
+    /// Deletes an object: with finalizers, marks it (`deletionTimestamp`) and keeps it until
+    /// they are removed; without, removes it and its dependents.
     pub fn delete(&mut self, key: &Key) -> Result<Value, ApiError> {
-        let mut obj = self
-            .objects
-            .remove(key)
-            .ok_or_else(|| ApiError::not_found(key))?;
+        let t = self.type_of(key)?;
+        if t.read_only {
+            return Err(ApiError {
+                code: 405,
+                reason: "MethodNotAllowed",
+                message: "the server does not allow this method on the requested resource".into(),
+                details: None,
+            });
+        }
+        let obj = self.get(key)?;
+        let has_finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if has_finalizers {
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(obj);
+            }
+            let mut marked = obj.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let rv = self.bump();
+            marked["metadata"]["resourceVersion"] = json!(rv.to_string());
+            self.objects.insert(key.clone(), marked.clone());
+            self.record("MODIFIED", key.clone(), marked.clone());
+            return Ok(marked);
+        }
+        self.remove(key).ok_or_else(|| ApiError::not_found(key))
+    }
+
+    /// Removes an object now, then what depends on it: the objects of a namespace, the custom
+    /// resources of a CRD, and every object whose ownerReferences name it.
+    fn remove(&mut self, key: &Key) -> Option<Value> {
+        let mut obj = self.objects.remove(key)?;
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.applied.retain(|(k, _), _| k != key);
         self.record("DELETED", key.clone(), obj.clone());
-        Ok(obj)
+        let mut dependents: Vec<Key> = Vec::new();
+        if key.res == ids::NAMESPACES {
+            dependents.extend(self.objects.keys().filter(|k| k.ns == key.name).cloned());
+        }
+        if key.res == ids::CRDS {
+            let group = obj["spec"]["group"].as_str().unwrap_or("").to_string();
+            let plural = obj["spec"]["names"]["plural"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let id = crate::types::id(&group, &plural);
+            dependents.extend(self.objects.keys().filter(|k| k.res == id).cloned());
+            self.registry.unregister(&group, &plural);
+        }
+        if let Some(uid) = obj["metadata"]["uid"].as_str() {
+            dependents.extend(
+                self.objects
+                    .iter()
+                    .filter(|(_, o)| {
+                        o["metadata"]["ownerReferences"]
+                            .as_array()
+                            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+                    })
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        for d in dependents {
+            if self.objects.contains_key(&d) {
+                let _ = self.delete(&d);
+            }
+        }
+        Some(obj)
     }
 
     /// Server-side apply: creates the object if missing; otherwise merges the applied
@@ -452,6 +681,13 @@ impl Store {
                         remove_path(obj, p);
                     }
                 }
+                let mut applied = applied.clone();
+                // An applied configuration carries no precondition unless it names one.
+                if let Some(m) = applied["metadata"].as_object_mut()
+                    && !m.contains_key("resourceVersion")
+                {
+                    m.remove("resourceVersion");
+                }
                 merge(obj, &applied, false);
                 Ok(())
             })?;
@@ -462,157 +698,33 @@ impl Store {
         self.applied.insert((key, manager.to_string()), paths);
         Ok(result)
     }
+
+    /// Creates what a cluster has from the start (namespaces), ignoring what exists.
+    pub fn seed(&mut self, key: Key, obj: Value) {
+        if !self.objects.contains_key(&key) {
+            let _ = self.create(key, obj);
+        }
+    }
 }
 
 fn ensure_object(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = json!({});
     }
-    v.as_object_mut()
-        .expect("the value was just made an object")
-}
-
-/// RFC 7386 JSON merge patch (`null` deletes). With `keep_nulls`, nulls are stored instead.
-pub fn merge(target: &mut Value, patch: &Value, keep_nulls: bool) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() && !keep_nulls {
-                        t.remove(k);
-                    } else {
-                        merge(t.entry(k.clone()).or_insert(Value::Null), v, keep_nulls);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("the value was just made an object"),
     }
 }
 
-/// RFC 6902 JSON patch: `add`, `remove`, `replace`, `test` (and `copy`/`move`).
-pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
-    let ops = ops
-        .as_array()
-        .ok_or_else(|| ApiError::bad_request("a JSON patch is an array of operations"))?;
-    for op in ops {
-        let kind = op["op"].as_str().unwrap_or("");
-        let path = op["path"].as_str().unwrap_or("");
-        let bad = || ApiError {
-            code: 422,
-            reason: "Invalid",
-            message: format!("json patch {kind} {path}: path not found"),
-            details: None,
-        };
-        match kind {
-            "add" | "replace" => {
-                let (parent, last) = split_pointer(path);
-                let p = target.pointer_mut(&parent).ok_or_else(bad)?;
-                match p {
-                    Value::Object(m) => {
-                        if kind == "replace" && !m.contains_key(&last) {
-                            return Err(bad());
-                        }
-                        m.insert(last, op["value"].clone());
-                    }
-                    Value::Array(a) => {
-                        let i = if last == "-" {
-                            a.len()
-                        } else {
-                            last.parse().map_err(|_| bad())?
-                        };
-                        if kind == "add" && i <= a.len() {
-                            a.insert(i, op["value"].clone());
-                        } else if i < a.len() {
-                            a[i] = op["value"].clone();
-                        } else {
-                            return Err(bad());
-                        }
-                    }
-                    _ => return Err(bad()),
-                }
-            }
-            "remove" => {
-                let (parent, last) = split_pointer(path);
-                let p = target.pointer_mut(&parent).ok_or_else(bad)?;
-                match p {
-                    Value::Object(m) => {
-                        m.remove(&last).ok_or_else(bad)?;
-                    }
-                    Value::Array(a) => {
-                        let i: usize = last.parse().map_err(|_| bad())?;
-                        if i >= a.len() {
-                            return Err(bad());
-                        }
-                        a.remove(i);
-                    }
-                    _ => return Err(bad()),
-                }
-            }
-            "test" => {
-                if target.pointer(path) != Some(&op["value"]) {
-                    return Err(ApiError {
-                        code: 422,
-                        reason: "Invalid",
-                        message: format!("json patch test {path} failed"),
-                        details: None,
-                    });
-                }
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unsupported JSON patch operation `{other}`"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn split_pointer(path: &str) -> (String, String) {
-    match path.rfind('/') {
-        Some(i) => (
-            path[..i].to_string(),
-            path[i + 1..].replace("~1", "/").replace("~0", "~"),
-        ),
-        None => (String::new(), path.to_string()),
-    }
-}
-
-/// Leaf paths of an applied configuration (objects descend; arrays and scalars are leaves).
-fn leaf_paths(v: &Value) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    prefix.push(k.clone());
-                    walk(x, prefix, out);
-                    prefix.pop();
-                }
-            }
-            _ => out.push(prefix.clone()),
-        }
-    }
-    walk(v, &mut Vec::new(), &mut out);
-    out
-}
-
-fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut cur = v;
-    for p in parents {
-        match cur.get_mut(p.as_str()) {
-            Some(next) => cur = next,
-            None => return,
-        }
-    }
-    if let Value::Object(m) = cur {
-        m.remove(last);
+/// How Go's JSON decoder names a value's kind in its errors.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use rollout_sandbox::store::Res;
 use serde_json::Value;
 
 fn traffic(k: &Kubectl, name: &str) -> Vec<(String, i64, String)> {
@@ -285,7 +284,7 @@ async fn server_side_apply_and_apply_of_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn standard_mode_ignores_canary_traffic_percent() {
+async fn standard_mode_has_no_revisions_and_ignores_canary_traffic_percent() {
     let s = sandbox().await;
     let k = Kubectl::new(&s);
     k.ok(&["apply", "-f", "examples/kserve/sklearn-iris-standard.yaml"]);
@@ -303,15 +302,32 @@ async fn standard_mode_ignores_canary_traffic_percent() {
         "-p",
         "{\"spec\":{\"predictor\":{\"canaryTrafficPercent\":10}}}",
     ]);
-    let t = traffic(&k, "sklearn-iris-raw");
+    // Standard mode has no Knative revisions and no traffic entries (`PropagateRawStatus`).
     assert_eq!(
-        t,
-        vec![(
-            "sklearn-iris-raw-predictor-00001".into(),
-            100,
-            String::new()
-        )],
-        "silently ignored"
+        k.jsonpath("sklearn-iris-raw", "{.status.components.predictor.traffic}"),
+        ""
+    );
+    assert_eq!(
+        k.jsonpath(
+            "sklearn-iris-raw",
+            "{.status.components.predictor.latestCreatedRevision}"
+        ),
+        ""
+    );
+    // KServe's validating webhook refuses to change the mode of an existing InferenceService.
+    let out = k.run(&[
+        "annotate",
+        "--overwrite",
+        "isvc",
+        "sklearn-iris-raw",
+        "serving.kserve.io/deploymentMode=Serverless",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("deploymentMode cannot be changed from 'Standard' to 'Knative'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         k.jsonpath("sklearn-iris-raw", "{.status.deploymentMode}"),
@@ -357,10 +373,17 @@ async fn a_failing_revision_never_receives_traffic() {
         ),
         "False"
     );
+    assert!(
+        k.jsonpath(
+            "sklearn-iris",
+            "{.status.conditions[?(@.type=='Ready')].message}"
+        )
+        .contains("failed"),
+    );
     assert_eq!(
         k.jsonpath(
             "sklearn-iris",
-            "{.status.conditions[?(@.type=='Ready')].reason}"
+            "{.status.conditions[?(@.type=='PredictorConfigurationReady')].reason}"
         ),
         "RevisionFailed"
     );
@@ -376,13 +399,11 @@ async fn a_failing_revision_never_receives_traffic() {
         !metrics.contains(&rev(3)),
         "the failing revision has series"
     );
-    let obj = s
-        .get(Res::Isvc, "kserve-test", "sklearn-iris")
-        .expect("isvc");
-    assert_eq!(
-        obj["status"]["observedGeneration"],
-        obj["metadata"]["generation"]
-    );
+    // observedGeneration is the Knative Service's (`inference_service_status.go:635`): the
+    // annotation made a third ksvc generation, while the InferenceService's spec changed twice.
+    let obj = s.isvc("kserve-test", "sklearn-iris").expect("isvc");
+    assert_eq!(obj["metadata"]["generation"], 2);
+    assert_eq!(obj["status"]["observedGeneration"], 3);
     s.shutdown().await;
 }
 

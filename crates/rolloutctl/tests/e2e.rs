@@ -413,7 +413,7 @@ async fn a_5xx_regression_at_10_percent_is_rolled_back_fast() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let rolled_back_at = loop {
         if let Some(o) = w.sandbox.get(
-            rollout_sandbox::store::Res::Isvc,
+            rollout_sandbox::types::ids::ISVC,
             "kserve-test",
             "sklearn-iris",
         ) && o["spec"]["predictor"]["canaryTrafficPercent"] == 0
@@ -535,11 +535,11 @@ async fn killed_and_restarted_twenty_times_it_finishes_right_and_never_repeats_o
         loop {
             let v = rollout_sandbox::lock(&app)
                 .store
-                .get(&rollout_sandbox::store::Key {
-                    res: rollout_sandbox::store::Res::Isvc,
-                    ns: "kserve-test".into(),
-                    name: "sklearn-iris".into(),
-                })
+                .get(&rollout_sandbox::store::Key::new(
+                    rollout_sandbox::types::ids::ISVC,
+                    "kserve-test",
+                    "sklearn-iris",
+                ))
                 .ok()
                 .and_then(|o| o["spec"]["predictor"]["canaryTrafficPercent"].as_i64());
             if let Some(v) = v {
