@@ -113,6 +113,7 @@ pub fn validate(old: Option<&Value>, new: &Value) -> Result<(), ApiError> {
                 "admission webhook \"inferenceservice.kserve-webhook-server.validator\" denied the request: update rejected: deploymentMode cannot be changed from '{recorded}' to '{wanted}'"
             ),
             details: None,
+            causes: Vec::new(),
         });
     }
     Ok(())

@@ -39,6 +39,7 @@ fn not_found() -> Response {
         reason: "NotFound",
         message: "the server could not find the requested resource".into(),
         details: None,
+        causes: Vec::new(),
     })
 }
 
@@ -343,11 +344,36 @@ pub async fn handle(
             reason,
             message: message.into(),
             details: None,
+            causes: Vec::new(),
         });
     }
     let Some(target) = resolve(&app, &segments) else {
         return not_found();
     };
+    // kubectl's typed commands send built-in objects as protobuf; anything else not JSON is a
+    // 415.
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = body;
+    if !body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
+        match crate::protobuf::decode(&body) {
+            Some(v) if content_type.contains("protobuf") => body = Bytes::from(v.to_string()),
+            _ => {
+                return error(&ApiError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
+                    ),
+                    details: None,
+                    causes: Vec::new(),
+                });
+            }
+        }
+    }
     match &target.name {
         None if is_watch && method == Method::GET => {
             watch::stream(
@@ -430,6 +456,7 @@ fn collection(
                 reason: "MethodNotAllowed",
                 message: "the server does not allow this method on the requested resource".into(),
                 details: None,
+                causes: Vec::new(),
             });
         }
         let mut obj = match parse_json(body) {
@@ -476,6 +503,7 @@ fn collection(
             reason: "MethodNotAllowed",
             message: format!("{method} is not supported here"),
             details: None,
+            causes: Vec::new(),
         });
     }
     let selectors = Selectors::of(q);
@@ -549,6 +577,7 @@ fn item(
             reason: "MethodNotAllowed",
             message: format!("{method} is not supported here"),
             details: None,
+            causes: Vec::new(),
         }),
     };
     match result {
@@ -598,6 +627,7 @@ fn patch(
             reason: "UnsupportedMediaType",
             message: "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
             details: None,
+            causes: Vec::new(),
         }),
         "application/strategic-merge-patch+json" => crate::write(app, |s| {
             apply_change(s, &|obj| {
@@ -626,6 +656,7 @@ fn patch(
             reason: "UnsupportedMediaType",
             message: format!("unsupported patch content type `{other}`"),
             details: None,
+            causes: Vec::new(),
         }),
     }
 }

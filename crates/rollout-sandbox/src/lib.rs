@@ -19,6 +19,7 @@ pub mod kserve;
 pub mod kserve_crd;
 pub mod patch;
 pub mod prometheus;
+pub mod protobuf;
 pub mod schema;
 pub mod store;
 pub mod table;

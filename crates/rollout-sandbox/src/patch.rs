@@ -39,6 +39,7 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
             reason: "Invalid",
             message: format!("json patch {kind} {path}: path not found"),
             details: None,
+            causes: Vec::new(),
         };
         match kind {
             "add" | "replace" => {
@@ -92,6 +93,7 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
                         reason: "Invalid",
                         message: format!("json patch test {path} failed"),
                         details: None,
+                        causes: Vec::new(),
                     });
                 }
             }

@@ -59,6 +59,8 @@ pub struct ApiError {
     pub message: String,
     /// Name, group and kind (or plural) for `details`.
     pub details: Option<(String, String, String)>,
+    /// Field errors (`field: message`) for `details.causes`, which kubectl prints.
+    pub causes: Vec<String>,
 }
 
 impl ApiError {
@@ -70,6 +72,19 @@ impl ApiError {
         });
         if let Some((name, group, kind)) = &self.details {
             v["details"] = json!({"name": name, "group": group, "kind": kind});
+            if !self.causes.is_empty() {
+                let causes: Vec<Value> = self
+                    .causes
+                    .iter()
+                    .map(|c| match c.split_once(": ") {
+                        Some((field, message)) => {
+                            json!({"reason": "FieldValueInvalid", "message": message, "field": field})
+                        }
+                        None => json!({"reason": "FieldValueInvalid", "message": c}),
+                    })
+                    .collect();
+                v["details"]["causes"] = json!(causes);
+            }
         }
         v
     }
@@ -82,6 +97,7 @@ impl ApiError {
             reason: "NotFound",
             message: format!("{} \"{}\" not found", key.res, key.name),
             details: Some((key.name.clone(), group, plural)),
+            causes: Vec::new(),
         }
     }
 
@@ -96,6 +112,7 @@ impl ApiError {
                 key.res, key.name
             ),
             details: Some((key.name.clone(), group, plural)),
+            causes: Vec::new(),
         }
     }
 
@@ -106,6 +123,7 @@ impl ApiError {
             reason: "BadRequest",
             message: message.into(),
             details: None,
+            causes: Vec::new(),
         }
     }
 
@@ -126,6 +144,7 @@ impl ApiError {
             reason: "Invalid",
             message: format!("{qualified} \"{name}\" is invalid: {list}"),
             details: Some((name.to_string(), group.to_string(), kind.to_string())),
+            causes: errors.to_vec(),
         }
     }
 }
@@ -359,6 +378,7 @@ impl Store {
                     reason: "NotFound",
                     message: format!("namespaces \"{}\" not found", key.ns),
                     details: Some((key.ns.clone(), String::new(), "namespaces".into())),
+                    causes: Vec::new(),
                 });
             }
         }
@@ -380,6 +400,7 @@ impl Store {
                 reason: "AlreadyExists",
                 message: format!("{} \"{}\" already exists", key.res, key.name),
                 details: Some((key.name.clone(), group, plural)),
+                causes: Vec::new(),
             });
         }
         check_meta(&t, &obj)?;
@@ -466,6 +487,7 @@ impl Store {
                 reason: "MethodNotAllowed",
                 message: "the server does not allow this method on the requested resource".into(),
                 details: None,
+                causes: Vec::new(),
             });
         }
         let current = self.get(key)?;
@@ -595,6 +617,7 @@ impl Store {
                 reason: "MethodNotAllowed",
                 message: "the server does not allow this method on the requested resource".into(),
                 details: None,
+                causes: Vec::new(),
             });
         }
         let obj = self.get(key)?;

@@ -8,15 +8,24 @@ use std::time::Duration;
 
 use rollout_sandbox::{Config, Sandbox};
 
-/// Starts a sandbox without Prometheus, fast readiness.
-pub async fn sandbox() -> Sandbox {
-    Sandbox::start(Config {
+/// Settings for tests: no Prometheus, fast readiness and route programming.
+pub fn fast() -> Config {
+    Config {
         prometheus: false,
         ready_delay: Duration::from_millis(200),
+        route_delay: Duration::from_millis(100),
         ..Config::default()
-    })
-    .await
-    .expect("start the sandbox")
+    }
+}
+
+/// Starts a sandbox with [`fast`] settings.
+pub async fn sandbox() -> Sandbox {
+    sandbox_with(fast()).await
+}
+
+/// Starts a sandbox.
+pub async fn sandbox_with(config: Config) -> Sandbox {
+    Sandbox::start(config).await.expect("start the sandbox")
 }
 
 /// The repository root.
