@@ -58,7 +58,7 @@ pub struct ApiError {
     /// Message.
     pub message: String,
     /// Name, group and kind (or plural) for `details`.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
     /// Field errors (`field: message`) for `details.causes`, which kubectl prints.
     pub causes: Vec<String>,
 }
@@ -70,7 +70,7 @@ impl ApiError {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.message, "reason": self.reason, "code": self.code,
         });
-        if let Some((name, group, kind)) = &self.details {
+        if let Some((name, group, kind)) = self.details.as_deref() {
             v["details"] = json!({"name": name, "group": group, "kind": kind});
             if !self.causes.is_empty() {
                 let causes: Vec<Value> = self
@@ -96,7 +96,7 @@ impl ApiError {
             code: 404,
             reason: "NotFound",
             message: format!("{} \"{}\" not found", key.res, key.name),
-            details: Some((key.name.clone(), group, plural)),
+            details: Some(Box::new((key.name.clone(), group, plural))),
             causes: Vec::new(),
         }
     }
@@ -111,7 +111,7 @@ impl ApiError {
                 "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
                 key.res, key.name
             ),
-            details: Some((key.name.clone(), group, plural)),
+            details: Some(Box::new((key.name.clone(), group, plural))),
             causes: Vec::new(),
         }
     }
@@ -143,7 +143,11 @@ impl ApiError {
             code: 422,
             reason: "Invalid",
             message: format!("{qualified} \"{name}\" is invalid: {list}"),
-            details: Some((name.to_string(), group.to_string(), kind.to_string())),
+            details: Some(Box::new((
+                name.to_string(),
+                group.to_string(),
+                kind.to_string(),
+            ))),
             causes: errors.to_vec(),
         }
     }
@@ -377,7 +381,11 @@ impl Store {
                     code: 404,
                     reason: "NotFound",
                     message: format!("namespaces \"{}\" not found", key.ns),
-                    details: Some((key.ns.clone(), String::new(), "namespaces".into())),
+                    details: Some(Box::new((
+                        key.ns.clone(),
+                        String::new(),
+                        "namespaces".into(),
+                    ))),
                     causes: Vec::new(),
                 });
             }
@@ -399,7 +407,7 @@ impl Store {
                 code: 409,
                 reason: "AlreadyExists",
                 message: format!("{} \"{}\" already exists", key.res, key.name),
-                details: Some((key.name.clone(), group, plural)),
+                details: Some(Box::new((key.name.clone(), group, plural))),
                 causes: Vec::new(),
             });
         }
