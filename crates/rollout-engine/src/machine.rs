@@ -130,6 +130,11 @@ pub enum Reason {
         /// What.
         detail: String,
     },
+    /// The policy changed in a way that does not keep the rollout where it is.
+    PolicyChanged {
+        /// What changed.
+        detail: String,
+    },
 }
 
 impl Reason {
@@ -149,6 +154,7 @@ impl Reason {
             Reason::Operator => "paused by an operator".into(),
             Reason::Preflight { detail } => format!("cannot start: {detail}"),
             Reason::Unconfirmed { detail } => format!("not confirmed by the cluster: {detail}"),
+            Reason::PolicyChanged { detail } => format!("the policy changed: {detail}"),
         }
     }
 }
@@ -707,6 +713,98 @@ impl Machine {
         out
     }
 
+    /// Whether a stored state can be driven by this policy: a known version, a step in range,
+    /// one evidence record per rule. A state that does not fit is never acted on.
+    pub fn check_state(&self, state: &State) -> Result<(), String> {
+        if state.version != STATE_VERSION {
+            return Err(format!(
+                "state version {} is not {STATE_VERSION}, the version this rolloutctl writes",
+                state.version
+            ));
+        }
+        if state.step > self.policy.steps.len() {
+            return Err(format!(
+                "step {} is out of range: the policy has {} steps",
+                state.step + 1,
+                self.policy.steps.len()
+            ));
+        }
+        if state.rules.len() != self.policy.rules.len() {
+            return Err(format!(
+                "the state has evidence for {} rules, the policy has {}",
+                state.rules.len(),
+                self.policy.rules.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Re-keys a state's per-rule evidence from the rules of an earlier version of the policy
+    /// (`old_rules`, by name) to this policy's rules; new rules start without evidence.
+    pub fn remap_rules(&self, state: &mut State, old_rules: &[String]) {
+        let old = std::mem::take(&mut state.rules);
+        state.rules = self
+            .policy
+            .rules
+            .iter()
+            .map(|r| {
+                old_rules
+                    .iter()
+                    .position(|n| *n == r.name)
+                    .and_then(|i| old.get(i).cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+
+    /// Pauses a rollout because its policy changed (`detail` says how), wherever it is: on
+    /// resume it continues at the same step number of the new policy (the last one at most).
+    pub fn pause_for_policy_change(
+        &self,
+        state: &mut State,
+        now: Millis,
+        detail: String,
+    ) -> Output {
+        let from = state.phase.name().to_string();
+        let mut cx = Step {
+            m: self,
+            commands: Vec::new(),
+            records: Vec::new(),
+            kinds: Vec::new(),
+            evaluated: false,
+            passes: None,
+            action: "wait",
+            reason: String::new(),
+        };
+        if !state.phase.is_terminal() {
+            state.step = state.step.min(self.policy.steps.len().saturating_sub(1));
+            cx.pause(state, now, Reason::PolicyChanged { detail });
+        }
+        if let Some(at) = self.wake_at(state, now) {
+            cx.commands.push(Command::WaitUntil { at });
+        }
+        let decision = Decision {
+            at: now,
+            from,
+            to: state.phase.name().to_string(),
+            step: state.step,
+            step_label: self.step_label(state.step),
+            traffic: state.traffic,
+            evaluated: false,
+            rules: Vec::new(),
+            failures: Vec::new(),
+            passes: state.passes,
+            passes_needed: self.policy.evaluation.passes,
+            remaining_s: None,
+            action: cx.action.to_string(),
+            reason: cx.reason,
+        };
+        Output {
+            commands: cx.commands,
+            decision,
+        }
+    }
+
     /// Feeds one input; returns the commands to carry out and the decision record.
     pub fn step(&self, state: &mut State, input: &Input) -> Output {
         let now = input.now;
@@ -820,7 +918,7 @@ impl<'m> Step<'m> {
             return self.confirm(state, input);
         }
         for op in &input.operator {
-            self.operator(state, now, *op);
+            self.operator(state, input, *op);
         }
         // The deadline covers everything but the final confirmation of a promotion or rollback.
         if let Some(start) = state.started_at {
@@ -835,12 +933,18 @@ impl<'m> Step<'m> {
                 return self.confirm(state, input);
             }
         }
-        // Revisions: the rollout judges one canary against one stable revision.
+        // Revisions: the rollout judges one canary against one stable revision. A revision that
+        // changes under it (a new model, or KServe re-templating the service after a
+        // ServingRuntime or configuration change) has not been measured and has not been shown
+        // worse: the rollout pauses for a person, at the traffic it has.
         if let Some(c) = &input.cluster
             && c.ready
             && !matches!(
                 state.phase,
-                Phase::RollingBack { .. } | Phase::Promoting { .. } | Phase::Starting { .. }
+                Phase::RollingBack { .. }
+                    | Phase::Promoting { .. }
+                    | Phase::Starting { .. }
+                    | Phase::Paused { .. }
             )
         {
             let changed = match (&state.canary_revision, &state.stable_revision) {
@@ -857,8 +961,14 @@ impl<'m> Step<'m> {
                 _ => None,
             };
             if let Some(detail) = changed {
-                self.rollback(state, now, Reason::RevisionChanged { detail });
-                return self.confirm(state, input);
+                self.event(
+                    true,
+                    "RevisionChanged",
+                    format!(
+                        "{detail}; the new revision has not been measured: `rolloutctl resume` judges it from this step, `rolloutctl retry` starts over at step 1, `rolloutctl abort` rolls back"
+                    ),
+                );
+                return self.pause(state, now, Reason::RevisionChanged { detail });
             }
         }
         match state.phase.clone() {
@@ -875,7 +985,8 @@ impl<'m> Step<'m> {
         }
     }
 
-    fn operator(&mut self, state: &mut State, now: Millis, op: Operator) {
+    fn operator(&mut self, state: &mut State, input: &Input, op: Operator) {
+        let now = input.now;
         if state.phase.is_terminal() || matches!(state.phase, Phase::RollingBack { .. }) {
             return;
         }
@@ -897,7 +1008,28 @@ impl<'m> Step<'m> {
                 }
             }
             Operator::Resume => {
-                if let Phase::Paused { resume, .. } = state.phase.clone() {
+                if let Phase::Paused { resume, reason, .. } = state.phase.clone() {
+                    if let (Reason::RevisionChanged { .. }, Some(c)) = (&reason, &input.cluster) {
+                        // The operator accepts the new revision: it is judged from here on.
+                        state.canary_revision = Some(c.canary_revision.clone());
+                        if c.stable_revision.is_some() {
+                            state.stable_revision = c.stable_revision.clone();
+                        }
+                    }
+                    if let Reason::PolicyChanged { .. } = reason {
+                        // Continue at this step number of the new policy, entered afresh.
+                        self.event(
+                            false,
+                            "Resumed",
+                            format!(
+                                "resumed under the changed policy at step {}",
+                                state.step + 1
+                            ),
+                        );
+                        let step = state.step;
+                        self.enter_step(state, now, step);
+                        return;
+                    }
                     let resumed = match *resume {
                         Phase::Holding { .. } => Phase::Holding { since: now },
                         Phase::AwaitingApproval { .. } => Phase::AwaitingApproval { since: now },

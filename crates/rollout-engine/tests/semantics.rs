@@ -167,7 +167,7 @@ fn query_errors_never_count_as_a_pass() {
 }
 
 #[test]
-fn a_revision_change_rolls_back_and_is_never_a_pass() {
+fn a_revision_change_pauses_at_the_same_traffic_and_resume_judges_the_new_revision() {
     let m = m();
     let mut s = m.initial_state();
     let mut t = 0;
@@ -183,15 +183,42 @@ fn a_revision_change_rolls_back_and_is_never_a_pass() {
     assert!(matches!(s.phase, Phase::Holding { .. }));
     c.canary_revision = "iris-00003".into();
     let obs = observe(&m, &s, t, &healthy(t));
-    let out = m.step(&mut s, &input(t, Some(c), obs, vec![]));
-    assert!(out.commands.contains(&Command::Rollback));
+    let out = m.step(&mut s, &input(t, Some(c.clone()), obs, vec![]));
+    // Not measured, not shown worse: neither a pass nor a rollback.
+    assert!(!out.commands.iter().any(|c| matches!(
+        c,
+        Command::Rollback | Command::Promote | Command::SetTraffic { .. }
+    )));
     assert!(matches!(
         s.phase,
-        Phase::RollingBack {
+        Phase::Paused {
             reason: Reason::RevisionChanged { .. },
             ..
         }
     ));
+    assert_eq!(s.traffic, 10);
+    // Still paused while nothing is said.
+    t += 10_000;
+    let out = m.step(
+        &mut s,
+        &input(t, Some(c.clone()), Observations::default(), vec![]),
+    );
+    assert!(matches!(s.phase, Phase::Paused { .. }));
+    assert!(!out.decision.evaluated);
+    // Resume: the new revision is the canary now, judged from this step with fresh evidence.
+    t += 10_000;
+    m.step(
+        &mut s,
+        &input(
+            t,
+            Some(c.clone()),
+            Observations::default(),
+            vec![Operator::Resume],
+        ),
+    );
+    assert!(matches!(s.phase, Phase::Holding { .. }), "{:?}", s.phase);
+    assert_eq!(s.canary_revision.as_deref(), Some("iris-00003"));
+    assert_eq!(s.passes, 0);
 }
 
 #[test]
@@ -587,4 +614,80 @@ fn state_carries_its_version() {
     let s = m.initial_state();
     let json = serde_json::to_value(&s).expect("json");
     assert_eq!(json["version"], rollout_engine::STATE_VERSION);
+}
+
+#[test]
+fn a_policy_change_pauses_and_resume_enters_the_same_step_of_the_new_policy() {
+    let m = m();
+    let mut s = m.initial_state();
+    let mut t = 0;
+    let mut c = cluster(0);
+    for _ in 0..4 {
+        let obs = observe(&m, &s, t, &healthy(t));
+        let out = m.step(&mut s, &input(t, Some(c.clone()), obs, vec![]));
+        if out.commands.contains(&Command::SetTraffic { percent: 10 }) {
+            c = cluster(10);
+        }
+        t += 10_000;
+    }
+    assert_eq!(s.step, 1, "holding at 10%");
+    // The new policy has another first step: the rollout pauses, traffic unchanged.
+    let m2 = machine(&policy(
+        ERROR_RULE,
+        "    traffic 5%\n    traffic 20%\n    hold 1m\n    promote",
+        "",
+    ));
+    let out = m2.pause_for_policy_change(&mut s, t, "step 1 changed".into());
+    assert!(matches!(
+        s.phase,
+        Phase::Paused {
+            reason: Reason::PolicyChanged { .. },
+            ..
+        }
+    ));
+    assert!(!out.commands.iter().any(|c| matches!(
+        c,
+        Command::SetTraffic { .. } | Command::Rollback | Command::Promote
+    )));
+    // Resume: step 2 of the new policy (traffic 20%) is entered afresh.
+    t += 1_000;
+    let out = m2.step(
+        &mut s,
+        &input(t, Some(c), Observations::default(), vec![Operator::Resume]),
+    );
+    assert!(
+        out.commands.contains(&Command::SetTraffic { percent: 20 }),
+        "{:?}",
+        out.commands
+    );
+    assert_eq!(s.step, 1);
+}
+
+#[test]
+fn stored_states_that_do_not_fit_the_policy_are_refused_and_evidence_moves_by_rule_name() {
+    let m = m();
+    let mut s = m.initial_state();
+    assert!(m.check_state(&s).is_ok());
+    s.step = 99;
+    assert!(m.check_state(&s).unwrap_err().contains("out of range"));
+    s.step = 0;
+    s.version = 0;
+    assert!(m.check_state(&s).is_err());
+    s.version = rollout_engine::STATE_VERSION;
+    s.rules.push(Default::default());
+    assert!(m.check_state(&s).is_err());
+    // Two rules in the new policy, the old one second: its evidence follows its name.
+    let two = machine(&policy(
+        &format!(
+            "rule Latency {{\n    when canary.latency_p95 > 2 * stable.latency_p95\n    require canary.requests >= 10\n    action pause\n  }}\n  {ERROR_RULE}"
+        ),
+        STEPS,
+        "",
+    ));
+    let mut s = m.initial_state();
+    s.rules[0].total = 3;
+    two.remap_rules(&mut s, &["Errors".to_string()]);
+    assert_eq!(s.rules.len(), 2);
+    assert_eq!((s.rules[0].total, s.rules[1].total), (0, 3));
+    assert!(two.check_state(&s).is_ok());
 }
