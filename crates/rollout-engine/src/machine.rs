@@ -713,6 +713,29 @@ impl Machine {
         out
     }
 
+    /// The query metrics the policy reads (indexes into `policy.metrics`), each once: what a
+    /// preflight must find in Prometheus before any traffic moves.
+    pub fn query_metrics(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        let all = self
+            .rule_queries
+            .iter()
+            .flatten()
+            .chain(
+                self.override_queries
+                    .iter()
+                    .flatten()
+                    .flat_map(|(_, q)| q.iter()),
+            )
+            .chain(self.until_queries.iter().flatten());
+        for &(_, m) in all {
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
     /// Whether a stored state can be driven by this policy: a known version, a step in range,
     /// one evidence record per rule. A state that does not fit is never acted on.
     pub fn check_state(&self, state: &State) -> Result<(), String> {

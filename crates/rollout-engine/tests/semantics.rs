@@ -669,7 +669,11 @@ fn stored_states_that_do_not_fit_the_policy_are_refused_and_evidence_moves_by_ru
     let mut s = m.initial_state();
     assert!(m.check_state(&s).is_ok());
     s.step = 99;
-    assert!(m.check_state(&s).expect_err("refused").contains("out of range"));
+    assert!(
+        m.check_state(&s)
+            .expect_err("refused")
+            .contains("out of range")
+    );
     s.step = 0;
     s.version = 0;
     assert!(m.check_state(&s).is_err());

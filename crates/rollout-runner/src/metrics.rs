@@ -10,51 +10,167 @@ use rollout_policy::template::Vars;
 
 use crate::secret::{Secret, redact};
 
-/// How to reach Prometheus.
+/// Where a credential comes from: re-read whenever the file changes (projected
+/// service-account tokens rotate), checked before it is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    /// A bearer token in a file (`token_file`).
+    TokenFile(String),
+    /// A bearer token in an environment variable (`token_env`).
+    TokenEnv(String),
+    /// `user:password` in a file (`basic_auth_file`).
+    BasicFile(String),
+}
+
+/// A file's identity for change detection: modification time and length.
+type Stamp = Option<(std::time::SystemTime, u64)>;
+
+#[derive(Debug)]
+struct Cached {
+    stamp: Stamp,
+    header: reqwest::header::HeaderValue,
+    secrets: Vec<Secret>,
+}
+
+/// The credentials of one Prometheus: the `Authorization` header, built from the policy's
+/// reference when first needed and again whenever the file behind it changes.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    source: Option<Source>,
+    cached: std::sync::Mutex<Option<Cached>>,
+}
+
+fn one_line(text: &str, setting: &str, path: &str) -> Result<String, String> {
+    let t = text.strip_suffix('\n').unwrap_or(text);
+    let t = t.strip_suffix('\r').unwrap_or(t).trim();
+    if t.is_empty() {
+        return Err(format!("{setting} `{path}` is empty"));
+    }
+    if t.contains('\n') || t.contains('\r') {
+        return Err(format!("{setting} `{path}` has more than one line"));
+    }
+    if !t.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(format!(
+            "{setting} `{path}` holds characters that cannot be sent in a header"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+impl Credentials {
+    /// The policy's credential reference (none, a token file or variable, a basic-auth file).
+    pub fn from_policy(p: &Policy) -> Credentials {
+        let a = &p.prometheus.auth;
+        let source = if let Some(f) = &a.token_file {
+            Some(Source::TokenFile(f.clone()))
+        } else if let Some(v) = &a.token_env {
+            Some(Source::TokenEnv(v.clone()))
+        } else {
+            a.basic_auth_file
+                .as_ref()
+                .map(|f| Source::BasicFile(f.clone()))
+        };
+        Credentials {
+            source,
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn stamp(path: &str) -> Stamp {
+        std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    }
+
+    /// The header to send now (`None`: no credentials), re-read if the file changed.
+    pub fn header(&self) -> Result<Option<reqwest::header::HeaderValue>, String> {
+        let Some(source) = &self.source else {
+            return Ok(None);
+        };
+        let stamp = match source {
+            Source::TokenFile(f) | Source::BasicFile(f) => Self::stamp(f),
+            Source::TokenEnv(_) => None,
+        };
+        let mut guard = self
+            .cached
+            .lock()
+            .map_err(|_| "credentials lock poisoned".to_string())?;
+        if let Some(c) = guard.as_ref()
+            && (c.stamp == stamp && (stamp.is_some() || matches!(source, Source::TokenEnv(_))))
+        {
+            return Ok(Some(c.header.clone()));
+        }
+        let read = |path: &str, what: &str| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} `{path}`: {e}"))
+        };
+        let (header, secrets) = match source {
+            Source::TokenFile(f) => {
+                let t = one_line(&read(f, "token_file")?, "token_file", f)?;
+                (format!("Bearer {t}"), vec![Secret::new(t)])
+            }
+            Source::TokenEnv(v) => {
+                let raw = std::env::var(v)
+                    .map_err(|_| format!("environment variable `{v}` (token_env) is not set"))?;
+                let t = one_line(&raw, "token_env", v)?;
+                (format!("Bearer {t}"), vec![Secret::new(t)])
+            }
+            Source::BasicFile(f) => {
+                let line = one_line(&read(f, "basic_auth_file")?, "basic_auth_file", f)?;
+                let (user, pass) = line
+                    .split_once(':')
+                    .ok_or_else(|| format!("basic_auth_file `{f}` must hold `user:password`"))?;
+                (
+                    format!("Basic {}", base64(format!("{user}:{pass}").as_bytes())),
+                    vec![Secret::new(pass), Secret::new(line.clone())],
+                )
+            }
+        };
+        let mut h = reqwest::header::HeaderValue::from_str(&header)
+            .map_err(|_| "the credential cannot be sent in a header".to_string())?;
+        h.set_sensitive(true);
+        if guard.is_some() {
+            tracing::info!("Prometheus credentials changed; using the new ones");
+        }
+        *guard = Some(Cached {
+            stamp,
+            header: h.clone(),
+            secrets,
+        });
+        Ok(Some(h))
+    }
+
+    /// The secrets in use, for redacting error messages.
+    fn secrets(&self) -> Vec<Secret> {
+        self.cached
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|c| c.secrets.clone()))
+            .unwrap_or_default()
+    }
+}
+
+/// TLS settings of the policy (`ca_file`, `insecure`).
 #[derive(Clone, Debug, Default)]
-pub struct PromAuth {
-    /// Bearer token (from `token_file` or `token_env`).
-    pub token: Option<Secret>,
-    /// Basic auth user and password (from `basic_auth_file`, `user:password`).
-    pub basic: Option<(String, Secret)>,
+pub struct Tls {
     /// Extra CA certificate (PEM).
     pub ca_pem: Option<Vec<u8>>,
     /// Skip TLS verification.
     pub insecure: bool,
 }
 
-impl PromAuth {
-    /// Resolves the policy's credential references (files and environment variables).
-    pub fn from_policy(p: &Policy) -> Result<PromAuth, String> {
+impl Tls {
+    /// From the policy.
+    pub fn from_policy(p: &Policy) -> Result<Tls, String> {
         let a = &p.prometheus.auth;
-        let read = |path: &str, what: &str| {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} `{path}`: {e}"))
-        };
-        let mut out = PromAuth {
+        Ok(Tls {
+            ca_pem: match &a.ca_file {
+                Some(f) => {
+                    Some(std::fs::read(f).map_err(|e| format!("cannot read ca_file `{f}`: {e}"))?)
+                }
+                None => None,
+            },
             insecure: a.insecure,
-            ..PromAuth::default()
-        };
-        if let Some(f) = &a.token_file {
-            out.token = Some(Secret::new(read(f, "token_file")?.trim()));
-        }
-        if let Some(v) = &a.token_env {
-            let t = std::env::var(v)
-                .map_err(|_| format!("environment variable `{v}` (token_env) is not set"))?;
-            out.token = Some(Secret::new(t.trim()));
-        }
-        if let Some(f) = &a.basic_auth_file {
-            let text = read(f, "basic_auth_file")?;
-            let (user, pass) = text
-                .trim()
-                .split_once(':')
-                .ok_or_else(|| format!("`{f}` must hold `user:password`"))?;
-            out.basic = Some((user.to_string(), Secret::new(pass)));
-        }
-        if let Some(f) = &a.ca_file {
-            out.ca_pem =
-                Some(std::fs::read(f).map_err(|e| format!("cannot read ca_file `{f}`: {e}"))?);
-        }
-        Ok(out)
+        })
     }
 }
 
@@ -62,9 +178,7 @@ impl PromAuth {
 #[derive(Clone)]
 pub struct Prom {
     client: Client,
-    auth: PromAuth,
-    /// The `Authorization` header, built once (marked sensitive), for instant and range queries.
-    authorization: Option<reqwest::header::HeaderValue>,
+    credentials: std::sync::Arc<Credentials>,
     timeout: Duration,
     /// The base URL.
     pub url: String,
@@ -78,14 +192,19 @@ impl std::fmt::Debug for Prom {
 
 impl Prom {
     /// A client for `url`.
-    pub fn new(url: &str, auth: PromAuth, timeout: Duration) -> Result<Prom, String> {
+    pub fn new(
+        url: &str,
+        credentials: Credentials,
+        tls: &Tls,
+        timeout: Duration,
+    ) -> Result<Prom, String> {
         let mut b = reqwest::Client::builder().timeout(timeout + Duration::from_secs(2));
-        if let Some(pem) = &auth.ca_pem {
+        if let Some(pem) = &tls.ca_pem {
             let cert =
                 reqwest::Certificate::from_pem(pem).map_err(|e| format!("invalid ca_file: {e}"))?;
             b = b.add_root_certificate(cert);
         }
-        if auth.insecure {
+        if tls.insecure {
             tracing::warn!(
                 "TLS certificate verification of Prometheus is disabled (`insecure = true`)"
             );
@@ -96,32 +215,30 @@ impl Prom {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let client =
             Client::from(http, url).map_err(|e| format!("invalid Prometheus URL `{url}`: {e}"))?;
-        let authorization = match (&auth.token, &auth.basic) {
-            (Some(t), _) => Some(sensitive(&format!("Bearer {}", t.expose()))),
-            (None, Some((user, pass))) => {
-                let raw = format!("{user}:{}", pass.expose());
-                Some(sensitive(&format!("Basic {}", base64(raw.as_bytes()))))
-            }
-            (None, None) => None,
-        };
+        // A credential that cannot be read or sent is an error now, naming the setting.
+        credentials.header()?;
         Ok(Prom {
             client,
-            auth,
-            authorization,
+            credentials: std::sync::Arc::new(credentials),
             timeout,
             url: url.to_string(),
         })
     }
 
-    fn secrets(&self) -> Vec<&Secret> {
-        let mut v = Vec::new();
-        if let Some(t) = &self.auth.token {
-            v.push(t);
-        }
-        if let Some((_, p)) = &self.auth.basic {
-            v.push(p);
-        }
-        v
+    /// A client for a policy, with an optional URL override.
+    pub fn for_policy(p: &Policy, url: Option<&str>) -> Result<Prom, String> {
+        let url = url.unwrap_or(&p.prometheus.url);
+        Prom::new(
+            url,
+            Credentials::from_policy(p),
+            &Tls::from_policy(p)?,
+            p.prometheus.timeout,
+        )
+    }
+
+    fn redact(&self, message: &str) -> String {
+        let secrets = self.credentials.secrets();
+        redact(message, &secrets.iter().collect::<Vec<_>>())
     }
 
     /// Runs one instant query. Empty, NaN or infinite → no data; several series → error.
@@ -151,15 +268,13 @@ impl Prom {
                 step_s,
             )
             .timeout(self.timeout.as_millis() as i64);
-        if let Some(h) = &self.authorization {
-            q = q.header(reqwest::header::AUTHORIZATION, h.clone());
+        if let Some(h) = self.credentials.header()? {
+            q = q.header(reqwest::header::AUTHORIZATION, h);
         }
-        let res = q.post().await.map_err(|e| {
-            format!(
-                "range query failed: {}",
-                redact(&e.to_string(), &self.secrets())
-            )
-        })?;
+        let res = q
+            .post()
+            .await
+            .map_err(|e| format!("range query failed: {}", self.redact(&e.to_string())))?;
         let Some(m) = res.data().as_matrix() else {
             return Err("the range query did not return a matrix".into());
         };
@@ -185,12 +300,14 @@ impl Prom {
         if let Some(at) = at_ms {
             q = q.at((at / 1000) as i64);
         }
-        if let Some(h) = &self.authorization {
-            q = q.header(reqwest::header::AUTHORIZATION, h.clone());
+        match self.credentials.header() {
+            Ok(Some(h)) => q = q.header(reqwest::header::AUTHORIZATION, h),
+            Ok(None) => {}
+            Err(message) => return Sample::Error { message },
         }
         match q.post().await {
             Err(e) => Sample::Error {
-                message: redact(&e.to_string(), &self.secrets()),
+                message: self.redact(&e.to_string()),
             },
             Ok(res) => {
                 let data = res.data();
@@ -215,13 +332,6 @@ impl Prom {
             }
         }
     }
-}
-
-fn sensitive(v: &str) -> reqwest::header::HeaderValue {
-    let mut h = reqwest::header::HeaderValue::from_str(v)
-        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
-    h.set_sensitive(true);
-    h
 }
 
 fn finite(v: f64, now_ms: u64) -> Sample {

@@ -9,7 +9,7 @@ use rollout_engine::{
 };
 use rollout_policy::model::Policy;
 
-use crate::metrics::{self, Prom, PromAuth};
+use crate::metrics::{self, Prom};
 
 /// Settings of a replay.
 pub struct ReplayConfig {
@@ -56,11 +56,7 @@ pub struct ReplayResult {
 pub async fn replay(mut cfg: ReplayConfig) -> Result<ReplayResult, String> {
     let policy = cfg.policy.clone();
     let machine = Machine::compile(policy.clone());
-    let prom = Prom::new(
-        &cfg.prometheus_url,
-        PromAuth::from_policy(&policy)?,
-        policy.prometheus.timeout,
-    )?;
+    let prom = Prom::for_policy(&policy, Some(&cfg.prometheus_url))?;
     let mut state = machine.initial_state();
     let mut traffic: u8 = 10;
     // Fixed windows: one range query per (arm, metric, window) over the whole period.

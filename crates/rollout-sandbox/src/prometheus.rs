@@ -66,7 +66,8 @@ pub fn config(exporter: &str) -> String {
 }
 
 impl Prometheus {
-    /// Starts Prometheus if it is installed; waits until it is ready. `Err` says why not.
+    /// Starts Prometheus if it is installed; waits until it is ready and has scraped the
+    /// exporter. `Err` says why not.
     pub async fn start(dir: &Path, exporter: &str) -> Result<Prometheus, String> {
         let bin = which("prometheus")
             .ok_or_else(|| format!("Prometheus is not on PATH: {INSTALL_HINT}"))?;
@@ -97,7 +98,12 @@ impl Prometheus {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = http_get(&addr, "/-/ready").await {
+            // Ready, and the exporter scraped once: Prometheus's discovery manager hands new
+            // targets to the scrape loop only every 5 s, so "ready" alone can mean no data yet.
+            if let Ok((200, _)) = http_get(&addr, "/-/ready").await
+                && let Ok((200, body)) = http_get(&addr, "/api/v1/query?query=up").await
+                && body.contains("\"1\"]")
+            {
                 return Ok(p);
             }
             if let Some(c) = p.child.as_mut()

@@ -15,6 +15,8 @@ Exit codes:
   5  run/simulate/demo: the rollout failed (infrastructure: cluster or Prometheus unusable,
      preflight refused, Lease held by another runner)
   6  simulate: the rollout did not end (paused, waiting, or out of simulated time)
+  130/143  run: stopped by SIGINT/SIGTERM after releasing the Lease (the rollout stays where
+     it is; `rolloutctl run` again resumes it)
 
 Examples:
   rolloutctl lint policies/
@@ -69,21 +71,23 @@ pub enum Command {
     Test(TestArgs),
     /// Run a rollout against a live InferenceService and Prometheus
     #[command(
-        after_help = "Examples:\n  rolloutctl run policies/sklearn-iris-canary.rollout\n  rolloutctl run --kubeconfig ~/.kube/prod --context ml policies/sklearn-iris-canary.rollout --output json\n  rolloutctl run --dry-run policies/sklearn-iris-canary.rollout\n\nExit codes: 0 promoted, 1 policy error, 2 bad arguments, 3 rolled back, 4 aborted by an operator,\n5 failed (infrastructure or preflight)."
+        after_help = "Examples:\n  rolloutctl run policies/sklearn-iris-canary.rollout\n  rolloutctl run --kubeconfig ~/.kube/prod --context ml policies/sklearn-iris-canary.rollout --output json\n  rolloutctl run --dry-run policies/sklearn-iris-canary.rollout\n\nExit codes: 0 promoted, 1 policy error, 2 bad arguments, 3 rolled back, 4 aborted by an operator,\n5 failed (infrastructure, preflight, Lease held, target missing), 130/143 stopped by a signal.\nA rollout that already ended reports its outcome: a rolled-back canary is not rolled out again\nwithout `rolloutctl retry`."
     )]
     Run(RunArgs),
-    /// Show a rollout's state, step and last decision (from the InferenceService's annotations)
+    /// Show a rollout's phase, step, traffic, revisions, last decision, conditions and history
     Status(OperatorArgs),
-    /// Pass the current approval gate of a running rollout
-    Approve(OperatorArgs),
+    /// Pass the approval gate the rollout waits at
+    Approve(ApproveArgs),
     /// Pause a running rollout
     Pause(OperatorArgs),
     /// Resume a paused rollout
     Resume(OperatorArgs),
-    /// Roll a running rollout back now
-    Abort(OperatorArgs),
-    /// Promote a running rollout now, skipping its remaining steps
+    /// Roll a rollout back now (if no runner is alive, rolloutctl performs the rollback itself)
+    Abort(AbortArgs),
+    /// Promote a rollout now, skipping its remaining steps
     Promote(OperatorArgs),
+    /// Roll out a rolled-back, aborted or failed canary revision again, or restart a paused rollout
+    Retry(OperatorArgs),
     /// The whole story on a local sandbox: a healthy canary promoted, a bad one rolled back
     Demo(DemoArgs),
     /// Export a policy as Prometheus alerting rules or a Grafana dashboard
@@ -133,6 +137,9 @@ pub struct RunArgs {
     /// This runner's identity (default: hostname and process id)
     #[arg(long)]
     pub holder: Option<String>,
+    /// How long the Lease is valid without renewal, in seconds (renewed every third of it)
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
 }
 
 /// Output of `run`.
@@ -161,13 +168,15 @@ pub enum OperatorVerb {
     Abort,
     /// `promote`
     Promote,
+    /// `retry`
+    Retry,
 }
 
 /// Arguments of the operator verbs.
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
-    /// The InferenceService
-    pub isvc: String,
+    /// The ModelRollout (named after its InferenceService)
+    pub name: String,
     /// Namespace (default: the kubeconfig's)
     #[arg(short, long)]
     pub namespace: Option<String>,
@@ -177,6 +186,28 @@ pub struct OperatorArgs {
     /// kubeconfig context
     #[arg(long)]
     pub context: Option<String>,
+}
+
+/// `approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The rollout.
+    #[command(flatten)]
+    pub target: OperatorArgs,
+    /// Approve this gate (1-based step) ahead of time instead of the one the rollout waits at
+    #[arg(long)]
+    pub step: Option<u32>,
+}
+
+/// `abort`.
+#[derive(Debug, clap::Args)]
+pub struct AbortArgs {
+    /// The rollout.
+    #[command(flatten)]
+    pub target: OperatorArgs,
+    /// With no runner alive: how long to wait for KServe to confirm the rollback, in seconds
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// `demo`.
@@ -238,10 +269,10 @@ pub struct ReplayArgs {
     /// End: RFC 3339 or unix seconds
     #[arg(long)]
     pub to: String,
-    /// The canary revision (default: the annotation the runner wrote)
+    /// The canary revision (default: the ModelRollout's `status.canaryRevision`)
     #[arg(long)]
     pub canary: Option<String>,
-    /// The stable revision (default: the annotation the runner wrote)
+    /// The stable revision (default: the ModelRollout's `status.stableRevision`)
     #[arg(long)]
     pub stable: Option<String>,
     /// Prometheus URL, overriding the policy's

@@ -60,6 +60,13 @@ pub fn read(path: &Path) -> Read {
 /// Reads and checks a policy; prints its diagnostics to standard error. `Err` is the exit status
 /// when it cannot be used (unreadable: 2; invalid: 1).
 pub fn load_policy(path: &Path) -> Result<rollout_engine::Machine, crate::commands::Exit> {
+    load_policy_text(path).map(|(m, _)| m)
+}
+
+/// [`load_policy`], with the text that was checked.
+pub fn load_policy_text(
+    path: &Path,
+) -> Result<(rollout_engine::Machine, String), crate::commands::Exit> {
     use crate::commands::Exit;
     let src = match read(path) {
         Read::Ok(src) => src,
@@ -77,7 +84,7 @@ pub fn load_policy(path: &Path) -> Result<rollout_engine::Machine, crate::comman
         eprint!("{}", crate::render::human_one(d));
     }
     match checked.policy {
-        Some(p) => Ok(rollout_engine::Machine::compile(p)),
+        Some(p) => Ok((rollout_engine::Machine::compile(p), src.text().to_string())),
         None => {
             eprintln!(
                 "error: {} has errors; fix them first (`rolloutctl lint {}`)",

@@ -36,6 +36,10 @@ pub enum Exit {
     Failed = 5,
     /// The rollout did not end.
     Stalled = 6,
+    /// Stopped by SIGINT (after releasing the Lease).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (after releasing the Lease).
+    Terminated = 143,
 }
 
 impl From<rollout_engine::Outcome> for Exit {
@@ -98,12 +102,13 @@ pub fn run(cli: Cli) -> Exit {
         Command::Export(a) => export::run(&a),
         Command::Replay(a) => replay::run(&a),
         Command::Demo(a) => demo::run(&a),
-        Command::Status(a) => operator::run(OperatorVerb::Status, &a),
-        Command::Approve(a) => operator::run(OperatorVerb::Approve, &a),
-        Command::Pause(a) => operator::run(OperatorVerb::Pause, &a),
-        Command::Resume(a) => operator::run(OperatorVerb::Resume, &a),
-        Command::Abort(a) => operator::run(OperatorVerb::Abort, &a),
-        Command::Promote(a) => operator::run(OperatorVerb::Promote, &a),
+        Command::Status(a) => operator::run(OperatorVerb::Status, &a, None, 0),
+        Command::Approve(a) => operator::run(OperatorVerb::Approve, &a.target, a.step, 0),
+        Command::Pause(a) => operator::run(OperatorVerb::Pause, &a, None, 0),
+        Command::Resume(a) => operator::run(OperatorVerb::Resume, &a, None, 0),
+        Command::Abort(a) => operator::run(OperatorVerb::Abort, &a.target, None, a.timeout),
+        Command::Promote(a) => operator::run(OperatorVerb::Promote, &a, None, 0),
+        Command::Retry(a) => operator::run(OperatorVerb::Retry, &a, None, 0),
         Command::Crd => crd::run(),
         Command::Completions(a) => completions::run(&a),
     }

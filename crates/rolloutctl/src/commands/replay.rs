@@ -1,4 +1,3 @@
-use rollout_runner::cluster::{self, Isvc};
 use rollout_runner::replay::{self, ReplayConfig};
 
 use super::Exit;
@@ -48,7 +47,7 @@ pub fn run(args: &ReplayArgs) -> Exit {
         let (canary, stable) = match (&args.canary, &args.stable) {
             (Some(c), Some(s)) => (c.clone(), s.clone()),
             _ => {
-                // The revisions the runner recorded on the InferenceService.
+                // The revisions the runner recorded in the ModelRollout's status.
                 let client = match rollout_runner::client(args.kubeconfig.as_deref(), None).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -56,15 +55,18 @@ pub fn run(args: &ReplayArgs) -> Exit {
                         return Exit::Usage;
                     }
                 };
-                let isvc = Isvc::new(client, &policy.target.namespace, &policy.target.name);
-                let Ok(obj) = isvc.get(3).await else {
-                    eprintln!("error: cannot read {}/{}; give --canary and --stable", policy.target.namespace, policy.target.name);
-                    return Exit::Failed;
+                let report = match rollout_runner::operate::report(&client, &policy.target.namespace, &policy.target.name).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e}; give --canary and --stable");
+                        return Exit::Failed;
+                    }
                 };
-                match (cluster::annotation(&obj, "rolloutctl.io/canary-revision"), cluster::annotation(&obj, "rolloutctl.io/stable-revision")) {
-                    (Some(c), Some(s)) => (c.to_string(), s.to_string()),
+                let st = report.rollout.status.unwrap_or_default();
+                match (args.canary.clone().or(st.canary_revision), args.stable.clone().or(st.stable_revision)) {
+                    (Some(c), Some(s)) => (c, s),
                     _ => {
-                        eprintln!("error: the InferenceService has no rolloutctl revision annotations; give --canary and --stable");
+                        eprintln!("error: the ModelRollout records no canary and stable revisions yet; give --canary and --stable");
                         return Exit::Usage;
                     }
                 }

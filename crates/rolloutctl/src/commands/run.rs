@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use rollout_runner::{RunConfig, RunEnd};
 
 use super::Exit;
@@ -5,11 +7,10 @@ use crate::cli::RunArgs;
 use crate::{files, live};
 
 pub fn run(args: &RunArgs) -> Exit {
-    let machine = match files::load_policy(&args.policy) {
+    let (machine, text) = match files::load_policy_text(&args.policy) {
         Ok(m) => m,
         Err(e) => return e,
     };
-    let text = std::fs::read_to_string(&args.policy).unwrap_or_default();
     let rt = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
@@ -20,17 +21,17 @@ pub fn run(args: &RunArgs) -> Exit {
             Ok(c) => c,
             Err(e) => return e,
         };
-        let on_decision = live::sink(args.output);
         let cfg = RunConfig {
+            text,
             policy: machine.policy().clone(),
-            policy_hash: rollout_runner::policy_hash(&text),
             prometheus_url: args.prometheus_url.clone(),
             dry_run: args.dry_run,
             holder: args.holder.clone().unwrap_or_else(default_holder),
             wait_for_lease: args.wait,
-            on_decision,
+            lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
+            on_decision: live::sink(args.output),
         };
-        let end = rollout_runner::run(client, cfg).await;
+        let end = rollout_runner::run::run(client, cfg).await;
         finish(&end)
     })
 }
@@ -38,18 +39,30 @@ pub fn run(args: &RunArgs) -> Exit {
 /// Prints how a run ended and returns its exit status.
 pub fn finish(end: &RunEnd) -> Exit {
     match end {
-        RunEnd::Outcome(o) => {
-            eprintln!("rollout {}", o.as_str().replace('_', " "));
+        RunEnd::Outcome(o, msg) => {
+            eprintln!("rollout {}: {msg}", o.as_str().replace('_', " "));
             (*o).into()
         }
         RunEnd::Refused(why) => {
             eprintln!("error: {why}");
             Exit::Failed
         }
+        RunEnd::Interrupted(sig) => {
+            eprintln!(
+                "stopped by {}: the Lease is released and the rollout stays where it is; `rolloutctl run` again resumes it",
+                if *sig == 15 { "SIGTERM" } else { "SIGINT" }
+            );
+            if *sig == 15 {
+                Exit::Terminated
+            } else {
+                Exit::Interrupted
+            }
+        }
     }
 }
 
-fn default_holder() -> String {
+/// This host's name and process id.
+pub fn default_holder() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "rolloutctl".into());

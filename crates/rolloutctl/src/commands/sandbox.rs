@@ -18,6 +18,7 @@ pub fn run(args: &SandboxArgs) -> Exit {
             ready_delay: Duration::from_secs_f64(args.ready_delay.max(0.0)),
             prometheus: !args.no_prometheus,
             dir: args.dir.clone(),
+            crds: vec![rollout_api::crd_json()],
             ..Config::default()
         };
         let sandbox = match Sandbox::start(config).await {
@@ -42,6 +43,7 @@ pub fn run(args: &SandboxArgs) -> Exit {
         println!("  export KUBECONFIG={kc}");
         println!("  kubectl apply -f examples/kserve/sklearn-iris-v1.yaml");
         println!("  kubectl get isvc");
+        println!("  kubectl get modelrollouts      # the ModelRollout CRD is installed, as on a cluster with rolloutctl");
         println!("  kubectl apply -f examples/kserve/sklearn-iris-v2.yaml");
         println!("  kubectl patch isvc sklearn-iris --type=merge -p '{{\"spec\":{{\"predictor\":{{\"canaryTrafficPercent\":25}}}}}}'");
         println!("  curl -s -X POST {}/v1/models/sklearn-iris:predict -d '{{\"instances\":[[6.8,2.8,4.8,1.4]]}}'", sandbox.exporter_url);

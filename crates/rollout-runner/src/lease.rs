@@ -1,0 +1,229 @@
+//! One driver per ModelRollout: a `coordination.k8s.io/v1` Lease named `rolloutctl-<name>` in
+//! its namespace, taken with optimistic concurrency and renewed by its own task at a third of
+//! its duration, whatever the policy's evaluation interval. The reconcile asks
+//! [`LeaseHandle::held`] before every write; a runner that could not renew in time stops
+//! writing before another can take the Lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::isvc::conflict;
+
+/// The Lease's name for a ModelRollout.
+pub fn lease_name(rollout: &str) -> String {
+    format!("rolloutctl-{rollout}")
+}
+
+/// A Lease held by one runner.
+#[derive(Clone, Debug)]
+pub struct LeaseLock {
+    api: Api<Lease>,
+    /// The Lease's name.
+    pub name: String,
+    /// Who this runner is.
+    pub holder: String,
+    /// How long it is valid without renewal.
+    pub duration: Duration,
+}
+
+/// The outcome of trying to take the Lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseResult {
+    /// Taken (or renewed).
+    Held,
+    /// Someone else holds it.
+    HeldBy(String),
+}
+
+fn micro_now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Who holds a Lease now (`None`: nobody, or it expired).
+pub fn live_holder(lease: &Lease) -> Option<String> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref()?;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed.0);
+    let limit = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+    (age.as_secs() <= limit).then_some(holder)
+}
+
+impl LeaseLock {
+    /// The lock of the ModelRollout `rollout` in `namespace`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        rollout: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> LeaseLock {
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            name: lease_name(rollout),
+            holder: holder.to_string(),
+            duration,
+        }
+    }
+
+    /// Who holds the Lease now, if anyone.
+    pub async fn holder(&self) -> Result<Option<String>, kube::Error> {
+        match self.api.get_opt(&self.name).await? {
+            Some(l) => Ok(live_holder(&l)),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes or renews the Lease: create (409 AlreadyExists: it exists), else replace with the
+    /// read resourceVersion when it is ours or expired (409 Conflict: lost the race).
+    pub async fn acquire(&self) -> Result<LeaseResult, kube::Error> {
+        let spec = LeaseSpec {
+            holder_identity: Some(self.holder.clone()),
+            lease_duration_seconds: Some(i32::try_from(self.duration.as_secs()).unwrap_or(15)),
+            acquire_time: Some(micro_now()),
+            renew_time: Some(micro_now()),
+            ..Default::default()
+        };
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.name.clone()),
+                ..Default::default()
+            },
+            spec: Some(spec.clone()),
+        };
+        match self.api.create(&PostParams::default(), &lease).await {
+            Ok(_) => return Ok(LeaseResult::Held),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        let current = self.api.get(&self.name).await?;
+        let cur_spec = current.spec.clone().unwrap_or_default();
+        let holder = cur_spec.holder_identity.clone().unwrap_or_default();
+        if holder != self.holder
+            && let Some(other) = live_holder(&current)
+        {
+            return Ok(LeaseResult::HeldBy(other));
+        }
+        let mut next = current.clone();
+        let transitions =
+            cur_spec.lease_transitions.unwrap_or(0) + i32::from(holder != self.holder);
+        next.spec = Some(LeaseSpec {
+            lease_transitions: Some(transitions),
+            acquire_time: if holder == self.holder {
+                cur_spec.acquire_time
+            } else {
+                Some(micro_now())
+            },
+            ..spec
+        });
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &next)
+            .await
+        {
+            Ok(_) => Ok(LeaseResult::Held),
+            Err(e) if conflict(&e) => {
+                Ok(LeaseResult::HeldBy("another runner (lost the race)".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases the Lease if this runner holds it (best effort).
+    pub async fn release(&self) {
+        if let Ok(current) = self.api.get(&self.name).await
+            && current
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(self.holder.as_str())
+        {
+            let mut next = current.clone();
+            if let Some(s) = next.spec.as_mut() {
+                s.holder_identity = None;
+                s.renew_time = None;
+            }
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &next)
+                .await;
+        }
+    }
+
+    /// Keeps the (taken) Lease renewed by a task of its own, every third of its duration.
+    pub fn keep(self) -> LeaseHandle {
+        let valid_until = Arc::new(AtomicU64::new(crate::now_ms() + margin(self.duration)));
+        let lost_to = Arc::new(std::sync::Mutex::new(None));
+        let (v, l, lock) = (valid_until.clone(), lost_to.clone(), self.clone());
+        let task = tokio::spawn(async move {
+            let every = lock.duration / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let asked = crate::now_ms();
+                match lock.acquire().await {
+                    Ok(LeaseResult::Held) => {
+                        v.store(asked + margin(lock.duration), Ordering::SeqCst)
+                    }
+                    Ok(LeaseResult::HeldBy(h)) => {
+                        v.store(0, Ordering::SeqCst);
+                        if let Ok(mut g) = l.lock() {
+                            *g = Some(h.clone());
+                        }
+                        tracing::warn!(holder = %h, lease = %lock.name, "lost the Lease");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, lease = %lock.name, "could not renew the Lease; retrying")
+                    }
+                }
+            }
+        });
+        LeaseHandle {
+            lock: self,
+            valid_until,
+            lost_to,
+            task: Arc::new(task),
+        }
+    }
+}
+
+/// How long after a successful renewal this runner may still write: the Lease's duration less
+/// a safety margin, so it stops before another runner may take it.
+fn margin(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(15_000) * 2 / 3
+}
+
+/// A Lease kept renewed.
+#[derive(Clone, Debug)]
+pub struct LeaseHandle {
+    /// The lock.
+    pub lock: LeaseLock,
+    valid_until: Arc<AtomicU64>,
+    lost_to: Arc<std::sync::Mutex<Option<String>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaseHandle {
+    /// Whether this runner may write now.
+    pub fn held(&self) -> bool {
+        crate::now_ms() < self.valid_until.load(Ordering::SeqCst)
+    }
+
+    /// Who took the Lease, if it was lost to another runner.
+    pub fn lost_to(&self) -> Option<String> {
+        self.lost_to.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Stops renewing and releases the Lease.
+    pub async fn release(&self) {
+        self.task.abort();
+        self.valid_until.store(0, Ordering::SeqCst);
+        self.lock.release().await;
+    }
+}
