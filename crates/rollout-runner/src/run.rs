@@ -194,22 +194,34 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
     }
     // The ModelRollout: create or update its policy (server-side apply, forced: `run` says
     // which policy drives this rollout; intents set by others are left alone).
-    if let Err(e) = api
-        .patch(
-            &name,
-            &PatchParams::apply(RUN_MANAGER).force(),
-            &Patch::Apply(desired(&policy, &text, &owner)),
-        )
-        .await
-    {
-        let hint = if isvc::not_found(&e) {
-            " (is the ModelRollout CRD installed? `kubectl apply -f deploy/crd.yaml` or `rolloutctl crd | kubectl apply -f -`)"
-        } else {
-            ""
-        };
-        return RunEnd::Refused(format!(
-            "cannot create or update ModelRollout {key}: {e}{hint}"
-        ));
+    let mut tries = 0;
+    loop {
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(RUN_MANAGER).force(),
+                &Patch::Apply(desired(&policy, &text, &owner)),
+            )
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if isvc::transient(&e) && tries < 6 => {
+                tries += 1;
+                tracing::info!(error = %e, "could not apply the ModelRollout yet; retrying");
+                tokio::time::sleep(Duration::from_millis((200 << tries) + fastrand::u64(..200)))
+                    .await;
+            }
+            Err(e) => {
+                let hint = if isvc::not_found(&e) {
+                    " (is the ModelRollout CRD installed? `kubectl apply -f deploy/crd.yaml` or `rolloutctl crd | kubectl apply -f -`)"
+                } else {
+                    ""
+                };
+                return RunEnd::Refused(format!(
+                    "cannot create or update ModelRollout {key}: {e}{hint}"
+                ));
+            }
+        }
     }
     let lease = match take_lease(
         LeaseLock::new(client.clone(), &ns, &name, &holder, lease_duration),

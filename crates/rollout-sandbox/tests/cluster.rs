@@ -245,3 +245,83 @@ async fn dependents_are_garbage_collected_with_their_owner() {
     .await;
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shipped_crd_and_run_rbac_apply_with_kubectl() {
+    let s = sandbox().await;
+    let k = Kubectl::new(&s);
+    let out = k.ok(&[
+        "apply",
+        "-f",
+        "deploy/crd.yaml",
+        "-f",
+        "deploy/rbac-run.yaml",
+    ]);
+    for what in [
+        "customresourcedefinition.apiextensions.k8s.io/modelrollouts.rolloutctl.io",
+        "serviceaccount/rolloutctl",
+        "role.rbac.authorization.k8s.io/rolloutctl-run",
+        "rolebinding.rbac.authorization.k8s.io/rolloutctl-run",
+    ] {
+        assert!(out.contains(what), "{what} not applied:\n{out}");
+    }
+    // Applying again changes nothing.
+    let again = k.ok(&[
+        "apply",
+        "-f",
+        "deploy/crd.yaml",
+        "-f",
+        "deploy/rbac-run.yaml",
+    ]);
+    assert!(again.contains("unchanged"), "{again}");
+    // The Role grants every call `rolloutctl run` makes (crates/rollout-runner: isvc.rs,
+    // reconcile.rs, run.rs, lease.rs) and nothing cluster-wide.
+    let role: Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "role",
+        "rolloutctl-run",
+        "-n",
+        "kserve-test",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    let allows = |group: &str, resource: &str, verb: &str| {
+        role["rules"].as_array().into_iter().flatten().any(|r| {
+            let has = |k: &str, v: &str| r[k].as_array().is_some_and(|a| a.iter().any(|x| x == v));
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    for (group, resource, verbs) in [
+        (
+            "serving.kserve.io",
+            "inferenceservices",
+            &["get", "list", "watch", "patch"][..],
+        ),
+        (
+            "rolloutctl.io",
+            "modelrollouts",
+            &["get", "list", "watch", "create", "patch"][..],
+        ),
+        ("rolloutctl.io", "modelrollouts/status", &["update"][..]),
+        (
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"][..],
+        ),
+        ("events.k8s.io", "events", &["create"][..]),
+    ] {
+        for v in verbs {
+            assert!(
+                allows(group, resource, v),
+                "{group} {resource} {v} not granted"
+            );
+        }
+    }
+    assert!(
+        !allows("serving.kserve.io", "inferenceservices", "update"),
+        "no whole-object writes"
+    );
+    assert!(!allows("", "secrets", "get"), "no secrets");
+    s.shutdown().await;
+}
