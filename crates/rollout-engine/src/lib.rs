@@ -4,7 +4,7 @@
 //! This crate's one job is deciding. It performs no IO: no network, no clock, no files. Time
 //! comes in with every [`Input`]; the runner (or the simulator, on virtual time) feeds it
 //! observations and carries out its [`Command`]s. Its [`State`] is plain data, serialised into the
-//! InferenceService's annotations so a restarted runner resumes exactly where it was.
+//! ModelRollout's status so a restarted runner resumes exactly where it was.
 //!
 //! ```
 //! use rollout_diagnostics::SourceFile;

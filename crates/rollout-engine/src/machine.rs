@@ -262,7 +262,7 @@ pub struct RuleState {
 }
 
 /// The machine's whole state: plain data, serialisable, versioned. The runner stores it in the
-/// InferenceService's annotations and resumes from it after a crash.
+/// ModelRollout's status and resumes from it after a crash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// [`STATE_VERSION`].

@@ -7,10 +7,12 @@
 //! `canaryTrafficPercent`. It never decides anything itself. [`run`] drives one ModelRollout
 //! in-process for `rolloutctl run`; [`operate`] is what the operator verbs do.
 
+pub mod context;
 pub mod error;
 pub mod intents;
 pub mod isvc;
 pub mod lease;
+pub mod lifecycle;
 pub mod metrics;
 pub mod operate;
 pub mod policy;

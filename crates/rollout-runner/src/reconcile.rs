@@ -11,190 +11,26 @@
 //!    (a lost write is re-issued by the engine, which waits for the traffic it asked for);
 //! 4. record Events.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource as _, ResourceExt as _};
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource as _, ResourceExt as _};
 use rollout_api::{ModelRollout, ModelRolloutStatus};
 use rollout_engine::{
-    Command, Decision, Input, Machine, Observations, Operator, Outcome, Phase, Sample, State,
+    Command, Input, Machine, Observations, Operator, Outcome, Phase, Sample, State,
 };
-use rollout_policy::Policy;
 
+pub use crate::context::{Context, End, Sink, error_policy};
+use crate::context::{Memo, truncate_bytes};
 use crate::error::Error;
 use crate::isvc::{self, Isvc};
-use crate::lease::LeaseHandle;
-use crate::metrics::{self, Prom};
+use crate::metrics;
 use crate::policy::{self, Edit};
 use crate::status::{self, CHECKPOINT_MS, View, set_condition};
-use crate::{Millis, intents, now_ms, preflight};
-
-/// How a rollout ended, for whoever drives it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum End {
-    /// It reached (or had reached) an outcome.
-    Finished(Outcome, String),
-    /// It cannot go on; the message says why and what to do.
-    Stopped(String),
-}
-
-/// Receives every decision record with its rollout (`namespace/name`).
-pub type Sink = Box<dyn FnMut(&str, &Decision) + Send>;
-
-/// What the context remembers of one rollout between reconciles.
-struct Memo {
-    uid: String,
-    /// `status.state` as last written or read: the context's copy is used only while the
-    /// object still holds exactly this.
-    persisted: Option<serde_json::Value>,
-    state: State,
-    written_at: Millis,
-    /// The policy hash and its compiled machine.
-    machine: Option<(String, Machine)>,
-    /// Consecutive failed reconciles (for the backoff).
-    failures: u32,
-    /// In a dry run: the status that would have been written.
-    dry: Option<ModelRolloutStatus>,
-}
-
-/// Everything a reconcile needs besides the object.
-pub struct Context {
-    /// The Kubernetes client.
-    pub client: Client,
-    /// This driver's identity (Event `reportingInstance`, Lease holder).
-    pub holder: String,
-    /// A Prometheus URL overriding the policies'.
-    pub prometheus_url: Option<String>,
-    /// Evaluate and report; write nothing to the cluster.
-    pub dry_run: bool,
-    /// The Lease this driver must hold to write (none in a dry run).
-    pub lease: Option<LeaseHandle>,
-    sink: Mutex<Sink>,
-    memo: Mutex<HashMap<String, Memo>>,
-    proms: Mutex<HashMap<String, Prom>>,
-    recorder: Recorder,
-    ends: Mutex<HashMap<String, End>>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("holder", &self.holder)
-            .field("dry_run", &self.dry_run)
-            .finish()
-    }
-}
-
-impl Context {
-    /// A context. `on_decision` gets every decision record with its rollout (`ns/name`).
-    pub fn new(
-        client: Client,
-        holder: &str,
-        prometheus_url: Option<String>,
-        dry_run: bool,
-        lease: Option<LeaseHandle>,
-        on_decision: Sink,
-    ) -> Context {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "rolloutctl".into(),
-                instance: Some(holder.chars().take(128).collect()),
-            },
-        );
-        Context {
-            client,
-            holder: holder.to_string(),
-            prometheus_url,
-            dry_run,
-            lease,
-            sink: Mutex::new(on_decision),
-            memo: Mutex::new(HashMap::new()),
-            proms: Mutex::new(HashMap::new()),
-            recorder,
-            ends: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// How the rollout `ns/name` ended, once it has.
-    pub fn end(&self, key: &str) -> Option<End> {
-        self.ends.lock().ok().and_then(|e| e.get(key).cloned())
-    }
-
-    fn set_end(&self, key: &str, end: End) {
-        if let Ok(mut e) = self.ends.lock() {
-            e.insert(key.to_string(), end);
-        }
-    }
-
-    fn prom(&self, p: &Policy) -> Result<Prom, String> {
-        let url = self
-            .prometheus_url
-            .clone()
-            .unwrap_or_else(|| p.prometheus.url.clone());
-        let key = format!(
-            "{url}|{:?}|{:?}",
-            p.prometheus.auth.token_file, p.prometheus.auth.basic_auth_file
-        );
-        if let Some(c) = self.proms.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(c);
-        }
-        let c = Prom::for_policy(p, Some(&url))?;
-        if let Ok(mut m) = self.proms.lock() {
-            m.insert(key, c.clone());
-        }
-        Ok(c)
-    }
-
-    fn may_write(&self) -> Result<(), Error> {
-        match &self.lease {
-            Some(l) if !l.held() => Err(Error::LeaseLost {
-                lease: l.lock.name.clone(),
-                holder: l.lost_to(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    fn with_memo<T>(&self, key: &str, f: impl FnOnce(Option<&mut Memo>) -> T) -> T {
-        match self.memo.lock() {
-            Ok(mut m) => f(m.get_mut(key)),
-            Err(_) => f(None),
-        }
-    }
-}
-
-fn truncate_bytes(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
-/// The retry delay after a failed reconcile: bounded, jittered, doubling.
-pub fn error_policy(mr: Arc<ModelRollout>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", mr.namespace().unwrap_or_default(), mr.name_any());
-    let failures = ctx.with_memo(&key, |m| {
-        m.map_or(1, |m| {
-            m.failures = m.failures.saturating_add(1);
-            m.failures
-        })
-    });
-    let base: u64 = if matches!(err, Error::Conflict(_)) {
-        100
-    } else {
-        500
-    };
-    let ms = (base << failures.min(6)).min(30_000);
-    let jitter = fastrand::u64(..=ms / 4);
-    tracing::warn!(rollout = %key, error = %err, retry_in_ms = ms + jitter, "reconcile failed");
-    Action::requeue(Duration::from_millis(ms + jitter))
-}
+use crate::{intents, lifecycle, now_ms, preflight};
 
 /// Reconciles one ModelRollout.
 pub async fn reconcile(mr: Arc<ModelRollout>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -521,113 +357,41 @@ async fn reconcile_one(
     }
 
     // A new rollout, the same one, or nothing to do.
-    let mut attempt = status.attempt.unwrap_or(1);
-    let retry_for = |rev: &str, last_attempt: u32| {
-        mr.spec
-            .retry
-            .as_ref()
-            .is_some_and(|r| r.revision == rev && r.attempt == last_attempt + 1)
-    };
-    let mut state = match state {
-        Some(st) if !st.phase.is_terminal() => st,
-        prev => {
-            let prev = prev.filter(|p| p.canary_revision.is_some());
-            let candidate = latest_created.clone().unwrap_or_default();
-            let same = prev
-                .as_ref()
-                .is_some_and(|p| p.canary_revision.as_deref() == Some(candidate.as_str()));
-            let blocked = status::last_outcome(&status, &candidate)
-                .filter(|h| matches!(h.outcome.as_str(), "rolled_back" | "aborted"))
-                .map(|h| (h.outcome.clone(), h.attempt, h.reason.clone()));
-            if let Some(p) = prev
-                .as_ref()
-                .filter(|_| same && !retry_for(&candidate, attempt))
-            {
-                let outcome = Outcome::of(p);
-                let msg = match outcome {
-                    Outcome::Promoted => format!("the rollout of `{candidate}` was promoted"),
-                    _ => format!(
-                        "the rollout of `{candidate}` ended {}; it is not rolled out again unless `rolloutctl retry {name}`",
-                        outcome.as_str().replace('_', " ")
-                    ),
-                };
-                if status != original {
-                    write_status(ctx, mr, key, &status).await?;
-                }
-                ctx.set_end(key, End::Finished(outcome, msg));
-                return Ok(None);
+    let which = lifecycle::which(
+        &lifecycle::Facts {
+            spec: &mr.spec,
+            name: &name,
+            state,
+            latest_created: latest_created.as_deref(),
+            rolled_out: rolled_out.as_deref(),
+            model_uri: isvc::storage_uri(&obj, component),
+            now,
+            generation,
+        },
+        &mut status,
+    );
+    let (mut state, attempt) = match which {
+        lifecycle::Which::Drive {
+            state,
+            attempt,
+            fresh,
+            event,
+        } => {
+            if fresh {
+                written_at = 0;
+                state_is_new(&mut pending_events, event);
             }
-            if let Some((outcome, last_attempt, reason)) = blocked.filter(|_| !same)
-                && !retry_for(&candidate, last_attempt)
-            {
-                let msg = format!(
-                    "canary revision `{candidate}` was {} before ({reason}); it is not rolled out again unless `rolloutctl retry {name}`",
-                    outcome.replace('_', " ")
-                );
-                set_condition(
-                    &mut status.conditions,
-                    "Progressing",
-                    "False",
-                    "Blocked",
-                    &msg,
-                    now,
-                    generation,
-                );
-                if status != original {
-                    write_status(ctx, mr, key, &status).await?;
-                }
-                let o = if outcome == "aborted" {
-                    Outcome::Aborted
-                } else {
-                    Outcome::RolledBack
-                };
-                ctx.set_end(key, End::Finished(o, msg));
-                return Ok(None);
+            (
+                state.map_or_else(|| machine.initial_state(), |s| *s),
+                attempt,
+            )
+        }
+        lifecycle::Which::Done(end) => {
+            if status != original {
+                write_status(ctx, mr, key, &status).await?;
             }
-            if latest_created.is_none() || latest_created == rolled_out {
-                let msg = format!(
-                    "no canary: `{}` already serves all traffic; deploy a new model revision (with `canaryTrafficPercent`) first",
-                    latest_created.clone().unwrap_or_default()
-                );
-                set_condition(
-                    &mut status.conditions,
-                    "Progressing",
-                    "False",
-                    "NoCanary",
-                    &msg,
-                    now,
-                    generation,
-                );
-                if status != original {
-                    write_status(ctx, mr, key, &status).await?;
-                }
-                ctx.set_end(key, End::Stopped(msg));
-                return Ok(None);
-            }
-            // A new rollout (a new canary revision, or a retry of this one).
-            if let Some(p) = &prev {
-                status::archive(&mut status, p);
-            }
-            attempt = match &mr.spec.retry {
-                Some(r) if r.revision == candidate => r.attempt,
-                _ => {
-                    1 + status
-                        .history
-                        .iter()
-                        .filter(|h| h.canary_revision == candidate)
-                        .map(|h| h.attempt)
-                        .max()
-                        .unwrap_or(0)
-                }
-            };
-            status.attempt = Some(attempt);
-            status.start_time = None;
-            status.end_time = None;
-            status.rules.clear();
-            status.conditions.retain(|c| c.type_ != "Preflight");
-            status.canary_model_uri = isvc::storage_uri(&obj, component);
-            written_at = 0;
-            machine.initial_state()
+            ctx.set_end(key, end);
+            return Ok(None);
         }
     };
     status.policy = Some(fp.clone());
@@ -876,4 +640,14 @@ async fn reconcile_one(
         (false, None) => 1000,
     };
     Ok(Some(Duration::from_millis(delay.clamp(50, 300_000))))
+}
+
+fn state_is_new(events: &mut Vec<Command>, event: Option<(String, String)>) {
+    if let Some((reason, message)) = event {
+        events.push(Command::Event {
+            warning: false,
+            reason,
+            message,
+        });
+    }
 }

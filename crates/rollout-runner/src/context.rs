@@ -1,0 +1,183 @@
+//! What a reconcile keeps between calls, per object: the context's copy of each rollout's
+//! state (used only while the object still holds what this context wrote), its compiled
+//! machine, failure counts for the backoff, how each rollout ended, Prometheus clients, the
+//! Event recorder and the Lease this driver must hold to write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, ResourceExt as _};
+use rollout_api::{ModelRollout, ModelRolloutStatus};
+use rollout_engine::{Decision, Machine, Outcome, State};
+use rollout_policy::Policy;
+
+use crate::Millis;
+use crate::error::Error;
+use crate::lease::LeaseHandle;
+use crate::metrics::Prom;
+
+/// How a rollout ended, for whoever drives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// It reached (or had reached) an outcome.
+    Finished(Outcome, String),
+    /// It cannot go on; the message says why and what to do.
+    Stopped(String),
+}
+
+/// Receives every decision record with its rollout (`namespace/name`).
+pub type Sink = Box<dyn FnMut(&str, &Decision) + Send>;
+
+/// What the context remembers of one rollout between reconciles.
+pub(crate) struct Memo {
+    pub(crate) uid: String,
+    /// `status.state` as last written or read: the context's copy is used only while the
+    /// object still holds exactly this.
+    pub(crate) persisted: Option<serde_json::Value>,
+    pub(crate) state: State,
+    pub(crate) written_at: Millis,
+    /// The policy hash and its compiled machine.
+    pub(crate) machine: Option<(String, Machine)>,
+    /// Consecutive failed reconciles (for the backoff).
+    pub(crate) failures: u32,
+    /// In a dry run: the status that would have been written.
+    pub(crate) dry: Option<ModelRolloutStatus>,
+}
+
+/// Everything a reconcile needs besides the object.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// This driver's identity (Event `reportingInstance`, Lease holder).
+    pub holder: String,
+    /// A Prometheus URL overriding the policies'.
+    pub prometheus_url: Option<String>,
+    /// Evaluate and report; write nothing to the cluster.
+    pub dry_run: bool,
+    /// The Lease this driver must hold to write (none in a dry run).
+    pub lease: Option<LeaseHandle>,
+    pub(crate) sink: Mutex<Sink>,
+    pub(crate) memo: Mutex<HashMap<String, Memo>>,
+    proms: Mutex<HashMap<String, Prom>>,
+    pub(crate) recorder: Recorder,
+    ends: Mutex<HashMap<String, End>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("holder", &self.holder)
+            .field("dry_run", &self.dry_run)
+            .finish()
+    }
+}
+
+impl Context {
+    /// A context. `on_decision` gets every decision record with its rollout (`ns/name`).
+    pub fn new(
+        client: Client,
+        holder: &str,
+        prometheus_url: Option<String>,
+        dry_run: bool,
+        lease: Option<LeaseHandle>,
+        on_decision: Sink,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "rolloutctl".into(),
+                instance: Some(holder.chars().take(128).collect()),
+            },
+        );
+        Context {
+            client,
+            holder: holder.to_string(),
+            prometheus_url,
+            dry_run,
+            lease,
+            sink: Mutex::new(on_decision),
+            memo: Mutex::new(HashMap::new()),
+            proms: Mutex::new(HashMap::new()),
+            recorder,
+            ends: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How the rollout `ns/name` ended, once it has.
+    pub fn end(&self, key: &str) -> Option<End> {
+        self.ends.lock().ok().and_then(|e| e.get(key).cloned())
+    }
+
+    pub(crate) fn set_end(&self, key: &str, end: End) {
+        if let Ok(mut e) = self.ends.lock() {
+            e.insert(key.to_string(), end);
+        }
+    }
+
+    pub(crate) fn prom(&self, p: &Policy) -> Result<Prom, String> {
+        let url = self
+            .prometheus_url
+            .clone()
+            .unwrap_or_else(|| p.prometheus.url.clone());
+        let key = format!(
+            "{url}|{:?}|{:?}",
+            p.prometheus.auth.token_file, p.prometheus.auth.basic_auth_file
+        );
+        if let Some(c) = self.proms.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let c = Prom::for_policy(p, Some(&url))?;
+        if let Ok(mut m) = self.proms.lock() {
+            m.insert(key, c.clone());
+        }
+        Ok(c)
+    }
+
+    pub(crate) fn may_write(&self) -> Result<(), Error> {
+        match &self.lease {
+            Some(l) if !l.held() => Err(Error::LeaseLost {
+                lease: l.lock.name.clone(),
+                holder: l.lost_to(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn with_memo<T>(&self, key: &str, f: impl FnOnce(Option<&mut Memo>) -> T) -> T {
+        match self.memo.lock() {
+            Ok(mut m) => f(m.get_mut(key)),
+            Err(_) => f(None),
+        }
+    }
+}
+
+pub(crate) fn truncate_bytes(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// The retry delay after a failed reconcile: bounded, jittered, doubling.
+pub fn error_policy(mr: Arc<ModelRollout>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", mr.namespace().unwrap_or_default(), mr.name_any());
+    let failures = ctx.with_memo(&key, |m| {
+        m.map_or(1, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures
+        })
+    });
+    let base: u64 = if matches!(err, Error::Conflict(_)) {
+        100
+    } else {
+        500
+    };
+    let ms = (base << failures.min(6)).min(30_000);
+    let jitter = fastrand::u64(..=ms / 4);
+    tracing::warn!(rollout = %key, error = %err, retry_in_ms = ms + jitter, "reconcile failed");
+    Action::requeue(Duration::from_millis(ms + jitter))
+}

@@ -1,0 +1,192 @@
+//! Which rollout a ModelRollout is on: the one in its state, a new one for a new canary
+//! revision (or a `retry`), or none — the last one ended and stays ended, the canary was rolled
+//! back before and is not rolled out again, or there is no canary at all.
+
+use rollout_api::{ModelRolloutSpec, ModelRolloutStatus};
+use rollout_engine::{Outcome, State};
+
+use crate::Millis;
+use crate::context::End;
+use crate::status::{self, set_condition};
+
+/// What is known when deciding.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    /// The spec (its `retry` intent).
+    pub spec: &'a ModelRolloutSpec,
+    /// The ModelRollout's name (for hints).
+    pub name: &'a str,
+    /// The stored state, checked against the policy.
+    pub state: Option<State>,
+    /// The component's `latestCreatedRevision`: the candidate canary.
+    pub latest_created: Option<&'a str>,
+    /// Its `latestRolledoutRevision`.
+    pub rolled_out: Option<&'a str>,
+    /// The component's model URI.
+    pub model_uri: Option<String>,
+    /// The time.
+    pub now: Millis,
+    /// The generation acted on.
+    pub generation: Option<i64>,
+}
+
+/// The decision.
+#[derive(Debug)]
+pub enum Which {
+    /// Drive this state (`None`: a new rollout from the initial state) at this attempt.
+    Drive {
+        /// The state, or `None` for a fresh one.
+        state: Option<Box<State>>,
+        /// The attempt.
+        attempt: u32,
+        /// Whether a new rollout begins (the status was reset for it).
+        fresh: bool,
+        /// An Event to record (reason, message).
+        event: Option<(String, String)>,
+    },
+    /// Nothing to drive: how it ended (the status already says so).
+    Done(End),
+}
+
+/// Decides, updating `status` (history, attempt, conditions) for what it decided.
+pub fn which(f: &Facts<'_>, status: &mut ModelRolloutStatus) -> Which {
+    let attempt = status.attempt.unwrap_or(1);
+    let retry_for = |rev: &str, last_attempt: u32| {
+        f.spec
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.revision == rev && r.attempt == last_attempt + 1)
+    };
+    let candidate = f.latest_created.unwrap_or_default().to_string();
+    match &f.state {
+        Some(st) if !st.phase.is_terminal() => {
+            // `retry` of a rollout that has not ended (paused, say): it starts over at step 1.
+            let restart = f.spec.retry.as_ref().is_some_and(|r| {
+                r.attempt == attempt + 1
+                    && (st.canary_revision.as_ref() == Some(&r.revision) || candidate == r.revision)
+            });
+            if !restart {
+                return Which::Drive {
+                    state: f.state.clone().map(Box::new),
+                    attempt,
+                    fresh: false,
+                    event: None,
+                };
+            }
+            status::archive(status, st);
+            let attempt = begin(status, f.spec, &candidate, f.model_uri.clone());
+            return Which::Drive {
+                state: None,
+                attempt,
+                fresh: true,
+                event: Some((
+                    "Retried".into(),
+                    format!(
+                        "`rolloutctl retry`: the rollout of `{candidate}` starts over at step 1 (attempt {attempt})"
+                    ),
+                )),
+            };
+        }
+        _ => {}
+    }
+    let prev = f.state.clone().filter(|p| p.canary_revision.is_some());
+    let same = prev
+        .as_ref()
+        .is_some_and(|p| p.canary_revision.as_deref() == Some(candidate.as_str()));
+    if let Some(p) = prev
+        .as_ref()
+        .filter(|_| same && !retry_for(&candidate, attempt))
+    {
+        let outcome = Outcome::of(p);
+        let msg = match outcome {
+            Outcome::Promoted => format!("the rollout of `{candidate}` was promoted"),
+            _ => format!(
+                "the rollout of `{candidate}` ended {}; it is not rolled out again unless `rolloutctl retry {}`",
+                outcome.as_str().replace('_', " "),
+                f.name
+            ),
+        };
+        return Which::Done(End::Finished(outcome, msg));
+    }
+    let blocked = status::last_outcome(status, &candidate)
+        .filter(|h| matches!(h.outcome.as_str(), "rolled_back" | "aborted"))
+        .map(|h| (h.outcome.clone(), h.attempt, h.reason.clone()));
+    if let Some((outcome, last_attempt, reason)) = blocked.filter(|_| !same)
+        && !retry_for(&candidate, last_attempt)
+    {
+        let msg = format!(
+            "canary revision `{candidate}` was {} before ({reason}); it is not rolled out again unless `rolloutctl retry {}`",
+            outcome.replace('_', " "),
+            f.name
+        );
+        set_condition(
+            &mut status.conditions,
+            "Progressing",
+            "False",
+            "Blocked",
+            &msg,
+            f.now,
+            f.generation,
+        );
+        let o = if outcome == "aborted" {
+            Outcome::Aborted
+        } else {
+            Outcome::RolledBack
+        };
+        return Which::Done(End::Finished(o, msg));
+    }
+    if f.latest_created.is_none() || f.latest_created == f.rolled_out {
+        let msg = format!(
+            "no canary: `{candidate}` already serves all traffic; deploy a new model revision (with `canaryTrafficPercent`) first"
+        );
+        set_condition(
+            &mut status.conditions,
+            "Progressing",
+            "False",
+            "NoCanary",
+            &msg,
+            f.now,
+            f.generation,
+        );
+        return Which::Done(End::Stopped(msg));
+    }
+    // A new rollout: a new canary revision, or a retry of this one.
+    if let Some(p) = &prev {
+        status::archive(status, p);
+    }
+    let attempt = begin(status, f.spec, &candidate, f.model_uri.clone());
+    Which::Drive {
+        state: None,
+        attempt,
+        fresh: true,
+        event: None,
+    }
+}
+
+/// Resets the status for a new rollout of `candidate`; returns its attempt.
+fn begin(
+    status: &mut ModelRolloutStatus,
+    spec: &ModelRolloutSpec,
+    candidate: &str,
+    model_uri: Option<String>,
+) -> u32 {
+    let attempt = match &spec.retry {
+        Some(r) if r.revision == candidate => r.attempt,
+        _ => {
+            1 + status
+                .history
+                .iter()
+                .filter(|h| h.canary_revision == candidate)
+                .map(|h| h.attempt)
+                .max()
+                .unwrap_or(0)
+        }
+    };
+    status.attempt = Some(attempt);
+    status.start_time = None;
+    status.end_time = None;
+    status.rules.clear();
+    status.conditions.retain(|c| c.type_ != "Preflight");
+    status.canary_model_uri = model_uri;
+    attempt
+}
