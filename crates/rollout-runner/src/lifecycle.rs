@@ -190,3 +190,180 @@ fn begin(
     status.canary_model_uri = model_uri;
     attempt
 }
+
+#[cfg(test)]
+mod tests {
+    use rollout_api::{HistoryEntry, RetryIntent};
+    use rollout_engine::{Phase, Reason, STATE_VERSION};
+
+    use super::*;
+
+    fn state(canary: &str, phase: Phase) -> State {
+        State {
+            version: STATE_VERSION,
+            phase,
+            step: 1,
+            started_at: Some(1),
+            canary_revision: Some(canary.into()),
+            stable_revision: Some("r1".into()),
+            traffic: 10,
+            rules: Vec::new(),
+            failing_since: [None; 4],
+            passes: 0,
+            last_eval: None,
+            unready_since: None,
+            evaluations: 0,
+        }
+    }
+
+    fn facts<'a>(spec: &'a ModelRolloutSpec, state: Option<State>, created: &'a str) -> Facts<'a> {
+        Facts {
+            spec,
+            name: "m",
+            state,
+            latest_created: Some(created),
+            rolled_out: Some("r1"),
+            model_uri: None,
+            now: 5,
+            generation: Some(1),
+        }
+    }
+
+    fn rolled_back() -> Phase {
+        Phase::RolledBack {
+            reason: Reason::Aborted,
+        }
+    }
+
+    #[test]
+    fn a_finished_rollout_stays_finished_and_a_rolled_back_canary_needs_retry() {
+        let spec = ModelRolloutSpec::default();
+        let mut status = ModelRolloutStatus::default();
+        // The same canary, finished: its outcome, nothing new.
+        let w = which(
+            &facts(&spec, Some(state("r2", Phase::Promoted)), "r2"),
+            &mut status,
+        );
+        assert!(matches!(
+            w,
+            Which::Done(End::Finished(Outcome::Promoted, _))
+        ));
+        // A new canary: a new rollout, the last one archived.
+        let w = which(
+            &facts(&spec, Some(state("r2", rolled_back())), "r3"),
+            &mut status,
+        );
+        assert!(matches!(
+            w,
+            Which::Drive {
+                state: None,
+                attempt: 1,
+                fresh: true,
+                ..
+            }
+        ));
+        assert_eq!(
+            status.history.last().map(|h| h.outcome.as_str()),
+            Some("aborted")
+        );
+        // Back to the aborted canary later: blocked, unless retried.
+        let w = which(
+            &facts(&spec, Some(state("r3", Phase::Promoted)), "r2"),
+            &mut status,
+        );
+        assert!(
+            matches!(w, Which::Done(End::Finished(Outcome::Aborted, _))),
+            "{w:?}"
+        );
+        assert_eq!(
+            status.condition("Progressing").map(|c| c.reason.as_str()),
+            Some("Blocked")
+        );
+        let retry = ModelRolloutSpec {
+            retry: Some(RetryIntent {
+                revision: "r2".into(),
+                attempt: 2,
+            }),
+            ..Default::default()
+        };
+        let w = which(
+            &facts(&retry, Some(state("r3", Phase::Promoted)), "r2"),
+            &mut status,
+        );
+        assert!(
+            matches!(
+                w,
+                Which::Drive {
+                    state: None,
+                    attempt: 2,
+                    fresh: true,
+                    ..
+                }
+            ),
+            "{w:?}"
+        );
+        // A retry is taken once: with attempt 2 recorded, the same intent does not restart it.
+        status.history.push(HistoryEntry {
+            canary_revision: "r2".into(),
+            attempt: 2,
+            outcome: "rolled_back".into(),
+            ..Default::default()
+        });
+        let w = which(
+            &facts(&retry, Some(state("r2", rolled_back())), "r2"),
+            &mut status,
+        );
+        assert!(matches!(w, Which::Done(_)), "{w:?}");
+    }
+
+    #[test]
+    fn retry_restarts_a_paused_rollout_and_nothing_to_roll_out_is_said() {
+        let mut status = ModelRolloutStatus::default();
+        let paused = state(
+            "r2",
+            Phase::Paused {
+                since: 1,
+                reason: Reason::Operator,
+                resume: Box::new(Phase::Holding { since: 1 }),
+            },
+        );
+        let none = ModelRolloutSpec::default();
+        let w = which(&facts(&none, Some(paused.clone()), "r2"), &mut status);
+        assert!(matches!(
+            w,
+            Which::Drive {
+                state: Some(_),
+                fresh: false,
+                ..
+            }
+        ));
+        let retry = ModelRolloutSpec {
+            retry: Some(RetryIntent {
+                revision: "r2".into(),
+                attempt: 2,
+            }),
+            ..Default::default()
+        };
+        let w = which(&facts(&retry, Some(paused), "r2"), &mut status);
+        assert!(
+            matches!(
+                w,
+                Which::Drive {
+                    state: None,
+                    attempt: 2,
+                    fresh: true,
+                    event: Some(_)
+                }
+            ),
+            "{w:?}"
+        );
+        assert_eq!(
+            status.history.last().map(|h| h.outcome.as_str()),
+            Some("superseded")
+        );
+        // Nothing but the rolled-out revision: no canary, said so.
+        let mut status = ModelRolloutStatus::default();
+        let w = which(&facts(&none, None, "r1"), &mut status);
+        assert!(matches!(w, Which::Done(End::Stopped(ref m)) if m.contains("no canary")));
+    }
+}

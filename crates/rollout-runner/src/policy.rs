@@ -132,7 +132,7 @@ mod tests {
         let reformatted = format!("# a comment\n\n{}", P.replace("    ", "  "));
         let b = fingerprint(&check("b", &reformatted).expect("checks"));
         assert_eq!(compare(&a, &b, 3), Edit::Same);
-        let later = P.replacen("hold 10m", "hold 20m", 1);
+        let later = P.replacen("hold 10m\n    promote", "hold 20m\n    promote", 1);
         let c = fingerprint(&check("c", &later).expect("checks"));
         assert!(
             matches!(compare(&a, &c, 1), Edit::Keeps(_)),

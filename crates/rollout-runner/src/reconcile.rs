@@ -116,6 +116,35 @@ async fn stop_with(
     Err(err)
 }
 
+/// Stops on a stored state that cannot be driven, saying how to recover.
+async fn invalid_state(
+    ctx: &Context,
+    mr: &ModelRollout,
+    key: &str,
+    status: ModelRolloutStatus,
+    original: &ModelRolloutStatus,
+    detail: String,
+) -> Result<Option<Duration>, Error> {
+    let msg = format!(
+        "the stored state is invalid: {detail}; nothing is decided and traffic is left where it is; `rolloutctl retry {}` starts the rollout over",
+        mr.name_any()
+    );
+    let err = Error::InvalidState {
+        rollout: key.to_string(),
+        detail,
+    };
+    stop_with(
+        ctx,
+        mr,
+        key,
+        status,
+        original,
+        ("Progressing", "InvalidState", &msg),
+        err,
+    )
+    .await
+}
+
 async fn reconcile_one(
     mr: &ModelRollout,
     ctx: &Context,
@@ -273,30 +302,20 @@ async fn reconcile_one(
 
     // The state: this context's copy while the object still holds what it wrote, else the
     // object's; it must fit the policy.
-    let from_object = match status.state.clone() {
+    // A state that cannot be read or does not fit the policy is never acted on, and never
+    // silently replaced: only `rolloutctl retry` (the next attempt) starts over.
+    let retry_now = mr.spec.retry.as_ref().is_some_and(|r| {
+        latest_created.as_deref() == Some(r.revision.as_str())
+            && r.attempt == status.attempt.unwrap_or(1) + 1
+    });
+    let from_object = match status.state.clone().map(serde_json::from_value::<State>) {
         None => None,
-        Some(v) => match serde_json::from_value::<State>(v) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let detail = format!("it cannot be read ({e})");
-                let msg = format!(
-                    "{detail}; traffic is left where it is; `rolloutctl retry {name}` starts the rollout over"
-                );
-                return stop_with(
-                    ctx,
-                    mr,
-                    key,
-                    status,
-                    &original,
-                    ("Progressing", "InvalidState", &msg),
-                    Error::InvalidState {
-                        rollout: key.to_string(),
-                        detail,
-                    },
-                )
-                .await;
-            }
-        },
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) if retry_now => None,
+        Some(Err(e)) => {
+            let detail = format!("it cannot be read ({e})");
+            return invalid_state(ctx, mr, key, status, &original, detail).await;
+        }
     };
     let memo_state = ctx.with_memo(key, |m| {
         m.filter(|m| m.uid == uid && m.persisted == status.state)
@@ -335,22 +354,11 @@ async fn reconcile_one(
     if let Some(st) = &state
         && let Err(detail) = machine.check_state(st)
     {
-        let msg = format!(
-            "{detail}; traffic is left where it is; `rolloutctl retry {name}` starts the rollout over"
-        );
-        return stop_with(
-            ctx,
-            mr,
-            key,
-            status,
-            &original,
-            ("Progressing", "InvalidState", &msg),
-            Error::InvalidState {
-                rollout: key.to_string(),
-                detail,
-            },
-        )
-        .await;
+        if retry_now {
+            state = None;
+        } else {
+            return invalid_state(ctx, mr, key, status, &original, detail).await;
+        }
     }
     if restarted && let Some(st) = state.as_mut() {
         status::after_restart(st, &machine, now);
