@@ -23,6 +23,13 @@ fn ready(k: &Kubectl) -> String {
 
 async fn v1_then_v2(k: &Kubectl) {
     k.ok(&["apply", "-f", "examples/kserve/sklearn-iris-v1.yaml"]);
+    // (The first reconcile adds KServe's finalizer; the status follows.)
+    eventually(10, "a revision", || !latest_created(&k).is_empty()).await;
+    assert_eq!(
+        latest_created(&k),
+        rev(1),
+        "numbering restarts with the object"
+    );
     k.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -122,6 +129,13 @@ async fn observed_generation_is_the_knative_services_and_readiness_is_unknown_wh
     .await;
     let k = Kubectl::new(&s);
     k.ok(&["apply", "-f", "examples/kserve/sklearn-iris-v1.yaml"]);
+    // (The first reconcile adds KServe's finalizer; the status follows.)
+    eventually(10, "a revision", || !latest_created(&k).is_empty()).await;
+    assert_eq!(
+        latest_created(&k),
+        rev(1),
+        "numbering restarts with the object"
+    );
     eventually(5, "a status", || !ready(&k).is_empty()).await;
     assert_eq!(
         ready(&k),
@@ -306,6 +320,13 @@ async fn revisions_restart_at_one_when_recreated_and_can_come_from_outside_the_i
     );
     k.ok(&["delete", "isvc", ISVC]);
     k.ok(&["apply", "-f", "examples/kserve/sklearn-iris-v1.yaml"]);
+    // (The first reconcile adds KServe's finalizer; the status follows.)
+    eventually(10, "a revision", || !latest_created(&k).is_empty()).await;
+    assert_eq!(
+        latest_created(&k),
+        rev(1),
+        "numbering restarts with the object"
+    );
     assert_eq!(
         latest_created(&k),
         rev(1),
