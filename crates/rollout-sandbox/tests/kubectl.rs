@@ -168,10 +168,13 @@ async fn kubectl_drives_a_canary_through_kserve_rules() {
         "-p",
         "{\"spec\":{\"predictor\":{\"canaryTrafficPercent\":0}}}",
     ]);
-    assert_eq!(
-        traffic(&k, "sklearn-iris"),
-        vec![(rev(2), 0, String::new()), (rev(1), 100, "prev".into())]
-    );
+    // After a promotion KServe gets there in two reconciles: first `prev` is still the
+    // rolled-out revision 2 (PropagateStatus then reverts latestRolledoutRevision), then 1.
+    eventually(10, "prev on revision 1", || {
+        traffic(&k, "sklearn-iris")
+            == vec![(rev(2), 0, String::new()), (rev(1), 100, "prev".into())]
+    })
+    .await;
     assert_eq!(
         k.jsonpath(
             "sklearn-iris",
@@ -226,10 +229,13 @@ async fn pinning_at_zero_before_promotion_keeps_the_stable_revision() {
         "-p",
         "{\"spec\":{\"predictor\":{\"canaryTrafficPercent\":0}}}",
     ]);
-    assert_eq!(
-        traffic(&k, "sklearn-iris"),
-        vec![(rev(2), 0, String::new()), (rev(1), 100, "prev".into())]
-    );
+    // After a promotion KServe gets there in two reconciles: first `prev` is still the
+    // rolled-out revision 2 (PropagateStatus then reverts latestRolledoutRevision), then 1.
+    eventually(10, "prev on revision 1", || {
+        traffic(&k, "sklearn-iris")
+            == vec![(rev(2), 0, String::new()), (rev(1), 100, "prev".into())]
+    })
+    .await;
     assert_eq!(
         k.jsonpath(
             "sklearn-iris",

@@ -212,7 +212,12 @@ async fn a_5xx_regression_at_10_percent_is_rolled_back_fast_and_not_rolled_out_a
             d["traffic"] == 10 && d["to"] == "holding"
         })
         .await;
-    assert_eq!(traffic.values().last(), Some(&10));
+    assert_eq!(
+        spec_percent(&w.obj().await),
+        Some(10),
+        "attempt 2 at step 1"
+    );
+    drop(traffic);
     let st = w.rollout().await.status.expect("status");
     assert_eq!(st.attempt, Some(2));
     assert_eq!(
