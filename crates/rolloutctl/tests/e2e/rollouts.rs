@@ -201,7 +201,16 @@ async fn a_5xx_regression_at_10_percent_is_rolled_back_fast_and_not_rolled_out_a
     );
     assert!(again.decisions().is_empty(), "nothing decided");
     assert_eq!(w.isvc_writes(), writes, "nothing written");
-    // ...unless the user says retry: attempt 2 starts at step 1.
+    // ...unless the user says retry (say, once the cause is fixed): attempt 2 starts at step 1.
+    w.sandbox.set_revision(
+        V2,
+        &rollout_sandbox::RevisionControl {
+            error_rate: Some(0.005),
+            ..Default::default()
+        },
+    );
+    // (The 5 s windows must first hold only requests of the fixed canary.)
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let out = w.rolloutctl(&["retry", "sklearn-iris"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("attempt 2"), "{}", text(&out));
