@@ -193,8 +193,11 @@ impl Template {
             match quote {
                 Some(q) => {
                     if b == b'\\' && q != b'`' {
-                        lit.push_str(&text[i..(i + 2).min(text.len())]);
-                        i += 2;
+                        // The escape and the whole character it escapes (which may be several
+                        // bytes: `\é`), never a slice inside a character.
+                        let next = text[i + 1..].chars().next().map_or(0, char::len_utf8);
+                        lit.push_str(&text[i..i + 1 + next]);
+                        i += 1 + next;
                         continue;
                     }
                     if b == q {
