@@ -45,15 +45,63 @@ pub enum Read {
     Failed(String),
 }
 
-/// Reads one policy file.
+/// The most a YAML file (scenario, policy test) may hold.
+pub const MAX_YAML_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads at most `cap` bytes of a file that must be a regular file (a FIFO, a device or a
+/// directory is refused before it is opened); a larger file is an error, detected before more
+/// than `cap + 1` bytes are in memory.
+pub fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if bytes.len() as u64 > cap {
+        return Err(format!("{name} is larger than the limit of {cap} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] for YAML text.
+pub fn read_yaml(path: &Path) -> Result<String, String> {
+    let bytes = read_bounded(path, MAX_YAML_BYTES)?;
+    String::from_utf8(bytes).map_err(|_| format!("{} is not valid UTF-8", path.display()))
+}
+
+/// Reads one policy file (a regular file of at most [`rollout_syntax::MAX_INPUT_BYTES`]).
 pub fn read(path: &Path) -> Read {
     let name = path.display().to_string();
-    match std::fs::read(path) {
+    let cap = rollout_syntax::MAX_INPUT_BYTES as u64;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.len() > cap => {
+            // The limit as a diagnostic (R0005), without reading the file.
+            let d = rollout_diagnostics::Diagnostic::new(
+                rollout_diagnostics::Code::InputTooLarge,
+                format!(
+                    "policy is {} bytes, more than the limit of {cap} bytes",
+                    m.len()
+                ),
+                rollout_diagnostics::Span::new(0, 0),
+                "the file is over the limit",
+            )
+            .with_source(SourceFile::new(&name, ""));
+            return Read::Invalid(Box::new(d));
+        }
+        _ => {}
+    }
+    match read_bounded(path, cap) {
         Ok(bytes) => match rollout_syntax::decode(&name, bytes) {
             Ok(src) => Read::Ok(src),
             Err(d) => Read::Invalid(d),
         },
-        Err(e) => Read::Failed(format!("cannot read {name}: {e}")),
+        Err(e) => Read::Failed(e),
     }
 }
 

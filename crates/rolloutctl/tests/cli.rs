@@ -636,3 +636,72 @@ fn deploy_crd_yaml_is_what_the_types_generate() {
     }
     assert!(committed.contains("status: {}"), "status subresource");
 }
+
+/// Runs rolloutctl with a deadline; a hang is a failure, not a stuck CI job.
+fn rolloutctl_within(secs: u64, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rolloutctl {args:?} did not finish within {secs}s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+#[test]
+fn only_regular_files_are_read_and_the_size_limit_applies_before_reading() {
+    let dir = tempfile::tempdir().expect("dir");
+    let fifo = dir.path().join("p.rollout");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let fifo = fifo.display().to_string();
+    for args in [
+        vec!["lint", fifo.as_str()],
+        vec!["run", fifo.as_str(), "--kubeconfig", "/nonexistent"],
+        vec![
+            "simulate",
+            "policies/demo-fast.rollout",
+            "--scenario",
+            fifo.as_str(),
+        ],
+        vec!["lint", "/dev/zero"],
+    ] {
+        let out = rolloutctl_within(10, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+            "{args:?}"
+        );
+    }
+    // Over the limit: R0005 from the file's size, without reading it.
+    let big = dir.path().join("big.rollout");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(2 * 1024 * 1024 + 7).expect("set_len");
+    let out = rolloutctl_within(10, &["lint", &big.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("R0005")
+            || String::from_utf8_lossy(&out.stderr).contains("R0005"),
+        "{out:?}"
+    );
+}

@@ -60,9 +60,14 @@ pub fn run(args: &FmtArgs) -> Exit {
 
 fn stdin(check: bool) -> Exit {
     let mut bytes = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+    let cap = rollout_syntax::MAX_INPUT_BYTES as u64;
+    if let Err(e) = std::io::stdin().take(cap + 1).read_to_end(&mut bytes) {
         eprintln!("error: cannot read standard input: {e}");
         return Exit::Usage;
+    }
+    if bytes.len() as u64 > cap {
+        eprintln!("error: standard input is larger than the limit of {cap} bytes (R0005)");
+        return Exit::Problems;
     }
     let src = match rollout_syntax::decode("<stdin>", bytes) {
         Ok(s) => s,

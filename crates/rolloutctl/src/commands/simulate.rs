@@ -10,10 +10,10 @@ pub fn run(args: &SimulateArgs) -> Exit {
         Ok(m) => m,
         Err(e) => return e,
     };
-    let text = match std::fs::read_to_string(&args.scenario) {
+    let text = match files::read_yaml(&args.scenario) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.scenario.display());
+            eprintln!("error: {e}");
             return Exit::Usage;
         }
     };

@@ -36,14 +36,12 @@ pub fn run(args: &super::super::cli::TestArgs) -> Exit {
 }
 
 fn run_file(path: &Path) -> Result<(usize, usize), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = files::read_yaml(path)?;
     let file = TestFile::from_yaml(&text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let machine = files::load_policy(&dir.join(&file.policy))
         .map_err(|_| format!("policy {} is not usable", file.policy))?;
-    let read = |rel: &str| {
-        std::fs::read_to_string(dir.join(rel)).map_err(|e| format!("cannot read {rel}: {e}"))
-    };
+    let read = |rel: &str| files::read_yaml(&dir.join(rel));
     println!("{} ({})", path.display(), file.policy);
     let (mut passed, mut failed) = (0, 0);
     for case in &file.tests {
