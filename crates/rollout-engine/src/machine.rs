@@ -1433,6 +1433,15 @@ impl<'m> Step<'m> {
         if self.m.is_due(state, now) {
             let ev = self.evaluate(state, input);
             self.evaluated = true;
+            // Consecutive means consecutive: passes separated by a gap of more than one and a
+            // half intervals (an outage, a stopped runner) do not add up.
+            let interval = ms(self.policy().evaluation.interval);
+            let gap = state
+                .last_eval
+                .is_some_and(|t| now.saturating_sub(t) > interval.saturating_add(interval / 2));
+            if gap {
+                state.passes = 0;
+            }
             state.last_eval = Some(now);
             state.evaluations += 1;
             self.records = ev.records;

@@ -695,3 +695,33 @@ fn stored_states_that_do_not_fit_the_policy_are_refused_and_evidence_moves_by_ru
     assert_eq!((s.rules[0].total, s.rules[1].total), (0, 3));
     assert!(two.check_state(&s).is_ok());
 }
+
+#[test]
+fn passes_separated_by_a_gap_are_not_consecutive() {
+    // A 1 m hold with 2 passes and a 10 s interval: a pass after a 30 s silence starts
+    // counting again, so the hold cannot end on passes taken on both sides of the gap.
+    let m = m();
+    let mut s = m.initial_state();
+    let mut t = 0;
+    let mut c = cluster(0);
+    // Into the 10% hold.
+    for _ in 0..3 {
+        let obs = observe(&m, &s, t, &healthy(t));
+        let out = m.step(&mut s, &input(t, Some(c.clone()), obs, vec![]));
+        if out.commands.contains(&Command::SetTraffic { percent: 10 }) {
+            c = cluster(10);
+        }
+        t += 10_000;
+    }
+    assert!(matches!(s.phase, Phase::Holding { .. }));
+    let obs = observe(&m, &s, t, &healthy(t));
+    m.step(&mut s, &input(t, Some(c.clone()), obs, vec![]));
+    let before = s.passes;
+    assert!(before >= 1);
+    // 30 s of nothing (the runner could not read the cluster), then one passing evaluation.
+    t += 30_000;
+    let obs = observe(&m, &s, t, &healthy(t));
+    let out = m.step(&mut s, &input(t, Some(c), obs, vec![]));
+    assert!(out.decision.evaluated);
+    assert_eq!(s.passes, 1, "the gap broke the run of passes");
+}
