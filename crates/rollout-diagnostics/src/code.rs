@@ -136,6 +136,8 @@ registry! {
         "an override may change `for`, `failures`, `window`, `require` and `action` of an existing rule, not its `when`";
     MissingCondition = "R1057", Error, "rule without condition",
         "add `when <condition>` to the rule";
+    UnguardedCount = "R1058", Error, "count rule without a minimum-sample guard",
+        "add `require canary.requests >= N`: a canary that receives no traffic has no errors, and would pass";
 
     // R2xxx: lint warnings. Produced by rollout-policy; `lint --deny-warnings` fails on them.
     NoMinSamples = "R2001", Warning, "rule without a minimum-sample guard",

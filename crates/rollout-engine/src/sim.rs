@@ -266,7 +266,8 @@ impl<'a> Simulation<'a> {
         }
         let value = match name {
             "requests" if present => requests as f64,
-            "errors" => errors as f64, // `or vector(0)`: never empty
+            // The preset's `or (requests * 0)`: 0 with requests, no data without.
+            "errors" if present => errors as f64,
             "rps" if present => requests as f64 / (key.window_ms as f64 / 1000.0),
             q if q.starts_with("latency_p") && present && requests > 0 => {
                 let quantile = match q {

@@ -96,6 +96,30 @@ fn min_samples(c: &mut Checker<'_>, p: &Policy, decls: &[&ast::RuleDecl]) {
     for (rule, decl) in p.rules.iter().zip(decls) {
         if rule.guards.is_empty() && rule.statistical.is_none() {
             let span = decl.name.as_ref().map_or(decl.span, |n| n.span);
+            // R1058: a canary count with no guard passes on no traffic at all (0 errors of 0
+            // requests), so it can promote a canary nothing was sent to.
+            if let Some(m) = rule.condition.metrics().into_iter().find_map(|(arm, m)| {
+                p.metrics
+                    .get(m)
+                    .filter(|x| arm == Arm::Canary && x.dim == Dim::Count)
+            }) {
+                c.diags.push(
+                    Diagnostic::new(
+                        Code::UnguardedCount,
+                        format!(
+                            "rule `{}` judges the count `canary.{}` with no minimum-sample guard",
+                            rule.name, m.name
+                        ),
+                        span,
+                        "passes when the canary receives no traffic at all",
+                    )
+                    .with_help(format!(
+                        "add `require canary.requests >= 100` (or any minimum the count needs), or judge a ratio such as `canary.error_rate`: a canary without requests has no `{}` and would pass",
+                        m.name
+                    )),
+                );
+                continue;
+            }
             c.diags.push(
                 Diagnostic::new(
                     Code::NoMinSamples,

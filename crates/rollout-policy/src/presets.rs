@@ -97,12 +97,13 @@ pub fn preset(name: &str) -> Option<Vec<(PresetMetric, String)>> {
         ),
         (
             m("errors", Unit::Count, false),
-            // A 5xx series exists only after the first 5xx: `or vector(0)` makes "no errors yet"
-            // zero instead of no data. A revision without traffic still has no data, because
-            // `requests` (the denominator of `error_rate`) is empty then.
-            fill(
-                "sum(increase(CNT{SEL}[${window}])) or vector(0)",
-                &errors_sel,
+            // A 5xx series exists only after the first 5xx: "no errors yet" is 0 when the
+            // revision has requests (`or` the requests times 0), and no data when it has none —
+            // no traffic is no evidence, never 0 errors.
+            format!(
+                "{} or ({} * 0)",
+                fill("sum(increase(CNT{SEL}[${window}]))", &errors_sel),
+                fill("sum(increase(CNT{SEL}[${window}]))", sel)
             )
             .replace("CNT", count),
         ),
