@@ -189,6 +189,10 @@ pub struct ModelRolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub state: Option<serde_json::Value>,
+    /// A digest of `state` and this object's uid: a state edited by hand, corrupted, or copied
+    /// from another ModelRollout does not match it and is never acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_digest: Option<String>,
     /// When `state` was last written (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_time: Option<String>,

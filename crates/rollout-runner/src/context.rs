@@ -26,6 +26,8 @@ pub enum End {
     Finished(Outcome, String),
     /// It cannot go on; the message says why and what to do.
     Stopped(String),
+    /// The InferenceService it rolls out is gone.
+    TargetGone(String),
 }
 
 /// Receives every decision record with its rollout (`namespace/name`).

@@ -241,9 +241,12 @@ impl Prom {
         redact(message, &secrets.iter().collect::<Vec<_>>())
     }
 
-    /// Runs one instant query. Empty, NaN or infinite → no data; several series → error.
+    /// Runs one instant query evaluated at `now_ms` (this runner's clock, so Prometheus's own
+    /// clock does not matter): a well-behaved Prometheus answers for exactly that time, and an
+    /// answer for an older time is judged by its own timestamp (stale). Empty, NaN or infinite
+    /// → no data; several series → error.
     pub async fn query(&self, promql: &str, now_ms: u64) -> Sample {
-        self.instant(promql, now_ms, None).await
+        self.instant(promql, now_ms, Some(now_ms)).await
     }
 
     /// An instant query evaluated at a past time (for replay).
@@ -314,7 +317,7 @@ impl Prom {
                 if let Some(v) = data.as_vector() {
                     match v.as_slice() {
                         [] => Sample::NoData,
-                        [one] => finite(one.sample().value(), now_ms),
+                        [one] => finite(one.sample().value(), one.sample().timestamp(), now_ms),
                         many => Sample::Error {
                             message: format!(
                                 "the query returned {} series where one was expected",
@@ -323,7 +326,7 @@ impl Prom {
                         },
                     }
                 } else if let Some(s) = data.as_scalar() {
-                    finite(s.value(), now_ms)
+                    finite(s.value(), s.timestamp(), now_ms)
                 } else {
                     Sample::Error {
                         message: "the query returned neither a vector nor a scalar".into(),
@@ -334,15 +337,19 @@ impl Prom {
     }
 }
 
-fn finite(v: f64, now_ms: u64) -> Sample {
-    if v.is_finite() {
-        Sample::Value {
-            value: v,
-            at: now_ms,
-        }
-    } else {
-        Sample::NoData
+/// A sample with the time Prometheus gives it (an instant query's evaluation time for
+/// aggregates; an answer from an older time, as a lagging or replaying Prometheus gives, is then
+/// judged stale by the engine's `stale_after`). Not finite: no data.
+fn finite(v: f64, at_s: f64, now_ms: u64) -> Sample {
+    if !v.is_finite() {
+        return Sample::NoData;
     }
+    let at = if at_s.is_finite() && at_s > 0.0 {
+        ((at_s * 1000.0) as u64).min(now_ms)
+    } else {
+        now_ms
+    };
+    Sample::Value { value: v, at }
 }
 
 fn base64(input: &[u8]) -> String {

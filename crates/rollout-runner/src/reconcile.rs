@@ -52,6 +52,7 @@ pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<D
                 m.failures = 0;
             }
         }),
+        Err(e @ Error::TargetNotFound { .. }) => ctx.set_end(&key, End::TargetGone(e.to_string())),
         Err(e) if !e.transient() => ctx.set_end(&key, End::Stopped(e.to_string())),
         Err(_) => {}
     }
@@ -308,6 +309,13 @@ async fn reconcile_one(
         latest_created.as_deref() == Some(r.revision.as_str())
             && r.attempt == status.attempt.unwrap_or(1) + 1
     });
+    if let Some(stored) = &status.state
+        && status.state_digest.as_deref() != Some(status::digest(&uid, stored).as_str())
+        && !retry_now
+    {
+        let detail = "it does not match its digest (edited by hand, corrupted, or copied from another ModelRollout)".to_string();
+        return invalid_state(ctx, mr, key, status, &original, detail).await;
+    }
     let from_object = match status.state.clone().map(serde_json::from_value::<State>) {
         None => None,
         Some(Ok(s)) => Some(s),
@@ -515,6 +523,7 @@ async fn reconcile_one(
             candidate: candidate.as_deref(),
             now,
             generation,
+            uid: &uid,
         },
     );
     if state.phase.is_terminal() {
@@ -536,6 +545,7 @@ async fn reconcile_one(
     let strip = |s: &ModelRolloutStatus| {
         let mut s = s.clone();
         s.state = None;
+        s.state_digest = None;
         s.state_time = None;
         s.last_decision = None;
         s

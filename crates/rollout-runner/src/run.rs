@@ -34,6 +34,8 @@ pub enum RunEnd {
     Refused(String),
     /// A signal stopped it (the number), after releasing the Lease.
     Interrupted(i32),
+    /// The InferenceService (or its ModelRollout) was deleted.
+    TargetGone(String),
 }
 
 /// Settings of a run.
@@ -260,10 +262,12 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
                 match item {
                     None => break RunEnd::Refused("the controller stopped".into()),
                     Some(Err(controller::Error::ReconcilerFailed(e, _))) if !e.transient() => {
-                        break RunEnd::Refused(e.to_string());
+                        break ctx.end(&key).map_or_else(|| RunEnd::Refused(e.to_string()), finish);
                     }
                     Some(Err(controller::Error::ObjectNotFound(_))) => {
-                        break RunEnd::Refused(format!("ModelRollout {key} was deleted (with its InferenceService?)"));
+                        break RunEnd::TargetGone(format!(
+                            "ModelRollout {key} was deleted (garbage-collected with its InferenceService?); nothing to roll out"
+                        ));
                     }
                     Some(_) => {}
                 }
@@ -282,6 +286,7 @@ fn finish(end: End) -> RunEnd {
     match end {
         End::Finished(o, msg) => RunEnd::Outcome(o, msg),
         End::Stopped(msg) => RunEnd::Refused(msg),
+        End::TargetGone(msg) => RunEnd::TargetGone(msg),
     }
 }
 

@@ -162,6 +162,8 @@ pub struct View<'a> {
     pub now: Millis,
     /// The generation acted on.
     pub generation: Option<i64>,
+    /// The ModelRollout's uid (part of the state's digest).
+    pub uid: &'a str,
 }
 
 /// Writes the rollout's fields, rules, conditions and state into `status`.
@@ -278,6 +280,7 @@ pub fn fill(status: &mut ModelRolloutStatus, v: &View<'_>) {
         status.end_time = Some(rfc3339(v.now));
     }
     status.state = serde_json::to_value(state).ok();
+    status.state_digest = status.state.as_ref().map(|s| digest(v.uid, s));
     status.state_time = Some(rfc3339(v.now));
 }
 
@@ -334,4 +337,115 @@ pub fn last_outcome<'a>(
         .iter()
         .rev()
         .find(|h| h.canary_revision == revision)
+}
+
+/// JSON with every object's keys sorted (the API server may reorder them).
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The digest of a stored state for one object: FNV-1a (64 bits) of its uid and the canonical
+/// JSON. It detects corruption and hand edits, not a writer who recomputes it.
+pub fn digest(uid: &str, state: &Value) -> String {
+    let mut text = String::from(uid);
+    text.push('|');
+    canonical(state, &mut text);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn stored() -> Value {
+        serde_json::json!({"version": 1, "phase": {"phase": "holding", "since": 1_700_000_000_000u64}, "step": 1,
+            "started_at": 1_699_999_990_000u64, "canary_revision": "r2", "stable_revision": "r1", "traffic": 10,
+            "rules": [{"consecutive": 0, "total": 0, "breach_since": null, "looks": 0, "last_look_n": 0}],
+            "failing_since": [null, null, null, null], "passes": 1, "last_eval": 1_700_000_005_000u64,
+            "unready_since": null, "evaluations": 3})
+    }
+
+    /// Replaces one scalar somewhere in the value (chosen by `pick`) with `with`.
+    fn corrupt(v: &mut Value, pick: &mut usize, with: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.values_mut().any(|x| corrupt(x, pick, with)),
+            Value::Array(a) => a.iter_mut().any(|x| corrupt(x, pick, with)),
+            leaf => {
+                if *pick == 0 {
+                    if leaf != with {
+                        *leaf = with.clone();
+                        return true;
+                    }
+                    return false;
+                }
+                *pick -= 1;
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn the_digest_ignores_key_order_and_depends_on_the_object() {
+        let s = stored();
+        let reordered: Value = serde_json::from_str(&s.to_string()).expect("json");
+        assert_eq!(digest("u", &s), digest("u", &reordered));
+        assert_ne!(
+            digest("u", &s),
+            digest("v", &s),
+            "a state copied from another object does not fit"
+        );
+    }
+
+    proptest! {
+        /// Any change to any value of a stored state is detected, so a corrupted state is never
+        /// acted on (and can never raise traffic).
+        #[test]
+        fn random_corruptions_never_match_the_digest(pick in 0usize..40, with in prop_oneof![
+            any::<u64>().prop_map(|n| serde_json::json!(n)),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            "\\PC{0,12}".prop_map(Value::String),
+            Just(Value::Null), Just(serde_json::json!(true)), Just(serde_json::json!(99)),
+        ]) {
+            let s = stored();
+            let d = digest("uid-1", &s);
+            let mut c = s.clone();
+            let mut p = pick;
+            if corrupt(&mut c, &mut p, &with) {
+                prop_assert_ne!(digest("uid-1", &c), d);
+            }
+        }
+    }
 }

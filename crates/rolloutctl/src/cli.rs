@@ -15,6 +15,7 @@ Exit codes:
   5  run/simulate/demo: the rollout failed (infrastructure: cluster or Prometheus unusable,
      preflight refused, Lease held by another runner)
   6  simulate: the rollout did not end (paused, waiting, or out of simulated time)
+  7  run: the InferenceService was deleted during the rollout
   130/143  run: stopped by SIGINT/SIGTERM after releasing the Lease (the rollout stays where
      it is; `rolloutctl run` again resumes it)
 

@@ -173,6 +173,7 @@ pub fn run(args: &DemoArgs) -> Exit {
                     }
                     RunEnd::Refused(why) => return Err(why),
                     RunEnd::Interrupted(_) => return Err("interrupted".into()),
+                    RunEnd::TargetGone(why) => return Err(why),
                 }
                 show_rollouts(&client).await;
             }

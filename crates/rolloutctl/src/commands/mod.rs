@@ -36,6 +36,8 @@ pub enum Exit {
     Failed = 5,
     /// The rollout did not end.
     Stalled = 6,
+    /// The InferenceService was deleted during the rollout.
+    TargetGone = 7,
     /// Stopped by SIGINT (after releasing the Lease).
     Interrupted = 130,
     /// Stopped by SIGTERM (after releasing the Lease).

@@ -58,7 +58,7 @@ pub fn run(verb: OperatorVerb, args: &OperatorArgs, step: Option<u32>, timeout_s
                         println!("rolled back by this command: {msg} (recorded as {} in the ModelRollout's status)", o.as_str());
                         Exit::Ok
                     }
-                    Ok(End::Stopped(msg)) => {
+                    Ok(End::Stopped(msg) | End::TargetGone(msg)) => {
                         eprintln!("error: {msg}");
                         Exit::Failed
                     }

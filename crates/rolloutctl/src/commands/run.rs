@@ -47,6 +47,10 @@ pub fn finish(end: &RunEnd) -> Exit {
             eprintln!("error: {why}");
             Exit::Failed
         }
+        RunEnd::TargetGone(why) => {
+            eprintln!("error: {why}");
+            Exit::TargetGone
+        }
         RunEnd::Interrupted(sig) => {
             eprintln!(
                 "stopped by {}: the Lease is released and the rollout stays where it is; `rolloutctl run` again resumes it",

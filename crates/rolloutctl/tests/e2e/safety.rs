@@ -415,7 +415,7 @@ async fn a_deleted_inferenceservice_ends_the_run_with_a_clear_message() {
         .delete("sklearn-iris", &Default::default())
         .await
         .expect("delete");
-    assert_eq!(r.exit(30).await, 5, "{}", r.stderr());
+    assert_eq!(r.exit(30).await, 7, "{}", r.stderr());
     let err = r.stderr();
     assert!(
         err.contains("deleted") || err.contains("does not exist") || err.contains("not found"),
