@@ -124,6 +124,8 @@ pub fn core_event(e: &Value) -> Value {
 
 /// A resolved request path.
 struct Target {
+    /// The field manager of a write: the request's `fieldManager`, else from the user agent.
+    manager: String,
     t: ResourceType,
     ns: String,
     name: Option<String>,
@@ -176,6 +178,7 @@ fn resolve(app: &App, seg: &[&str]) -> Option<Target> {
         Some(_) => return None,
     };
     Some(Target {
+        manager: String::new(),
         t,
         ns: ns.to_string(),
         name: name.map(str::to_string),
@@ -225,6 +228,7 @@ pub async fn handle(
     // Injected faults apply to resource requests only.
     let (delay, fail) = {
         let mut s = lock(&app);
+        s.record_request(method.as_str(), &path, is_watch);
         let f = &s.faults;
         let applies = f.fail_next > 0
             && f.fail_method
@@ -268,9 +272,24 @@ pub async fn handle(
             causes: Vec::new(),
         });
     }
-    let Some(target) = resolve(&app, &segments) else {
+    let Some(mut target) = resolve(&app, &segments) else {
         return not_found();
     };
+    // As the API server derives it (`managedfields.go`): the fieldManager parameter, else the
+    // user agent up to its first `/`.
+    target.manager = q
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_else(|| {
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|u| u.split('/').next())
+                .filter(|u| !u.is_empty())
+                .unwrap_or("unknown")
+                .to_string()
+        });
     // kubectl's typed commands send built-in objects as protobuf; anything else not JSON is a
     // 415.
     let content_type = headers
@@ -409,7 +428,7 @@ fn collection(
             ));
         };
         let key = Key::new(&res, &target.ns, &name);
-        let result = crate::write(app, |s| {
+        let result = crate::write_as(app, &target.manager, |s| {
             admit(s, &key, None, &mut obj)?;
             s.store.create(key.clone(), obj)
         });
@@ -480,10 +499,12 @@ fn item(
                 r => r.map(|o| (view(core_events, o), 200)),
             }
         }
-        Method::DELETE => crate::write(app, |s| s.store.delete(&key)).map(|o| (o, 200)),
+        Method::DELETE => {
+            crate::write_as(app, &target.manager, |s| s.store.delete(&key)).map(|o| (o, 200))
+        }
         Method::PUT => parse_json(body)
             .and_then(|mut obj| {
-                crate::write(app, |s| {
+                crate::write_as(app, &target.manager, |s| {
                     if !status {
                         let old = s.store.get(&key).ok();
                         admit(s, &key, old.as_ref(), &mut obj)?;
@@ -492,7 +513,16 @@ fn item(
                 })
             })
             .map(|o| (o, 200)),
-        Method::PATCH => patch(app, t, &key, status, &content_type, q, body),
+        Method::PATCH => patch(
+            app,
+            &target.manager,
+            t,
+            &key,
+            status,
+            &content_type,
+            q,
+            body,
+        ),
         _ => Err(ApiError {
             code: 405,
             reason: "MethodNotAllowed",
@@ -507,8 +537,10 @@ fn item(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn patch(
     app: &App,
+    manager: &str,
     t: &ResourceType,
     key: &Key,
     status: bool,
@@ -531,14 +563,14 @@ fn patch(
         })
     };
     match content_type {
-        "application/merge-patch+json" => crate::write(app, |s| {
+        "application/merge-patch+json" => crate::write_as(app, manager, |s| {
             apply_change(s, &|obj| {
                 crate::patch::merge(obj, &patch, false);
                 Ok(())
             })
         })
         .map(|o| (o, 200)),
-        "application/json-patch+json" => crate::write(app, |s| {
+        "application/json-patch+json" => crate::write_as(app, manager, |s| {
             apply_change(s, &|obj| crate::patch::json_patch(obj, &patch))
         })
         .map(|o| (o, 200)),
@@ -550,7 +582,7 @@ fn patch(
             details: None,
             causes: Vec::new(),
         }),
-        "application/strategic-merge-patch+json" => crate::write(app, |s| {
+        "application/strategic-merge-patch+json" => crate::write_as(app, manager, |s| {
             apply_change(s, &|obj| {
                 crate::patch::merge(obj, &patch, false);
                 Ok(())
@@ -562,7 +594,7 @@ fn patch(
                 return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
             };
             let manager = manager.clone();
-            crate::write(app, |s| {
+            crate::write_as(app, &manager, |s| {
                 let mut applied = patch.clone();
                 if !status && key.res == ids::ISVC {
                     let old = s.store.get(key).ok();

@@ -18,6 +18,7 @@ pub mod jsonpath;
 pub mod knative;
 pub mod kserve;
 pub mod kserve_crd;
+pub mod managed;
 pub mod patch;
 pub mod prometheus;
 pub mod propagation;
@@ -127,7 +128,39 @@ pub struct Shared {
     pub faults: Faults,
     /// Settings.
     pub config: Config,
+    /// The last resource requests, oldest first (at most [`REQUEST_LOG`]).
+    pub requests: std::collections::VecDeque<Request>,
     rng: fastrand::Rng,
+}
+
+/// How many resource requests the sandbox remembers.
+pub const REQUEST_LOG: usize = 100_000;
+
+/// One resource request, as an audit log records it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// HTTP method.
+    pub method: String,
+    /// Path, without the query.
+    pub path: String,
+    /// A watch.
+    pub watch: bool,
+}
+
+impl Shared {
+    fn record_request(&mut self, method: &str, path: &str, watch: bool) {
+        if self.requests.len() >= REQUEST_LOG {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(Request {
+            at: std::time::Instant::now(),
+            method: method.to_string(),
+            path: path.to_string(),
+            watch,
+        });
+    }
 }
 
 /// The shared state.
@@ -144,8 +177,20 @@ pub fn write<T>(
     app: &App,
     f: impl FnOnce(&mut Shared) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
+    write_as(app, "sandbox", f)
+}
+
+/// [`write`], recorded in `managedFields` as the field manager `manager`.
+pub fn write_as<T>(
+    app: &App,
+    manager: &str,
+    f: impl FnOnce(&mut Shared) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     let mut s = lock(app);
-    let r = f(&mut s)?;
+    s.store.manager = manager.to_string();
+    let r = f(&mut s);
+    s.store.manager = "kserve-controller".into();
+    let r = r?;
     reconcile_all(&mut s);
     Ok(r)
 }
@@ -298,6 +343,7 @@ impl Sandbox {
             controller: Controller::default(),
             metrics: dataplane::Metrics::default(),
             faults: Faults::default(),
+            requests: std::collections::VecDeque::new(),
             rng: fastrand::Rng::with_seed(config.seed),
             config: config.clone(),
         }));
@@ -398,6 +444,21 @@ impl Sandbox {
     /// KServe configuration change).
     pub fn retemplate(&self, ns: &str, name: &str) -> bool {
         control::retemplate(&self.app, ns, name)
+    }
+
+    /// The resource requests received since `t` (from the bounded request log).
+    pub fn requests_since(&self, t: std::time::Instant) -> Vec<Request> {
+        lock(&self.app)
+            .requests
+            .iter()
+            .filter(|r| r.at >= t)
+            .cloned()
+            .collect()
+    }
+
+    /// Resource requests failed by injected faults so far.
+    pub fn failed(&self) -> u64 {
+        lock(&self.app).faults.failed
     }
 
     /// Client writes (creates, updates, patches other than status) to an object so far.

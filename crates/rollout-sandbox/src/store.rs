@@ -68,6 +68,8 @@ pub struct Store {
     /// Writes by clients that changed an object other than its status, per object (for
     /// tests and the demo: how often rolloutctl writes to an InferenceService).
     pub writes: BTreeMap<Key, u64>,
+    /// The field manager of the write in progress (recorded in `metadata.managedFields`).
+    pub manager: String,
 }
 
 impl Default for Store {
@@ -82,6 +84,7 @@ impl Default for Store {
             applied: HashMap::new(),
             registry: Registry::builtin(),
             writes: BTreeMap::new(),
+            manager: "kserve-controller".into(),
         }
     }
 }
@@ -294,6 +297,7 @@ impl Store {
                 m.remove(f);
             }
         }
+        crate::managed::record(&json!({}), &mut obj, &self.manager, &now_rfc3339());
         if t.status_subresource && key.res != ids::CRDS {
             // A create through the main resource drops the status
             // (`customresource` strategy `PrepareForCreate`).
@@ -458,6 +462,9 @@ impl Store {
         }
         if !status_only {
             *self.writes.entry(key.clone()).or_default() += 1;
+            crate::managed::record(current, &mut obj, &self.manager, &now_rfc3339());
+        } else if let Some(m) = current["metadata"].get("managedFields") {
+            obj["metadata"]["managedFields"] = m.clone();
         }
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());

@@ -275,6 +275,42 @@ async fn server_side_apply_and_apply_of_changes() {
         k.jsonpath("sklearn-iris", "{.spec.predictor.canaryTrafficPercent}"),
         "10"
     );
+    // managedFields name who set each field: the applier, then kubectl patch's own manager.
+    let owner = |k: &Kubectl, path: &[&str]| {
+        let o: Value = serde_json::from_str(&k.ok(&[
+            "get",
+            "isvc",
+            "sklearn-iris",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]))
+        .expect("json");
+        rollout_sandbox::managed::owner(&o, path).map(str::to_string)
+    };
+    let pct = ["spec", "predictor", "canaryTrafficPercent"];
+    assert_eq!(owner(&k, &pct).as_deref(), Some("kubectl"));
+    k.ok(&[
+        "patch",
+        "isvc",
+        "sklearn-iris",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"predictor":{"canaryTrafficPercent":30}}}"#,
+    ]);
+    assert_eq!(owner(&k, &pct).as_deref(), Some("kubectl-patch"));
+    assert_eq!(
+        owner(&k, &["spec", "predictor", "model", "storageUri"]).as_deref(),
+        Some("kubectl"),
+        "the other fields stay the applier's"
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "examples/kserve/sklearn-iris-v2.yaml",
+    ]);
     // Applying v1 again (no canaryTrafficPercent) removes the field this manager applied before.
     k.ok(&[
         "apply",
