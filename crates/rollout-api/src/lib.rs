@@ -196,6 +196,10 @@ pub struct ModelRolloutStatus {
     /// When `state` was last written (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_time: Option<String>,
+    /// The Lease term (`leaseTransitions`) of the driver that wrote this status: a driver
+    /// that took the Lease back after another held it reads the object again before deciding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_term: Option<i64>,
     /// Past rollouts of this InferenceService, newest last (at most 20): the version history.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

@@ -45,6 +45,8 @@ pub(crate) struct Memo {
     pub(crate) machine: Option<(String, Machine)>,
     /// Consecutive failed reconciles (for the backoff).
     pub(crate) failures: u32,
+    /// The rollout was read again from the API server since: `state` is not used.
+    pub(crate) superseded: bool,
     /// In a dry run: the status that would have been written.
     pub(crate) dry: Option<ModelRolloutStatus>,
 }
@@ -66,6 +68,18 @@ pub struct Context {
     proms: Mutex<HashMap<String, Prom>>,
     pub(crate) recorder: Recorder,
     ends: Mutex<HashMap<String, End>>,
+    measured: Mutex<HashMap<String, Measured>>,
+    conflicts: Mutex<HashMap<String, u32>>,
+    /// The Lease epoch at which each rollout was last read from the API server itself.
+    read_at: Mutex<HashMap<String, u64>>,
+}
+
+/// The measurements of the last decision of a rollout.
+struct Measured {
+    at: Millis,
+    keys: Vec<rollout_engine::QueryKey>,
+    revisions: (String, String),
+    observations: rollout_engine::Observations,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,12 +119,119 @@ impl Context {
             proms: Mutex::new(HashMap::new()),
             recorder,
             ends: Mutex::new(HashMap::new()),
+            measured: Mutex::new(HashMap::new()),
+            conflicts: Mutex::new(HashMap::new()),
+            read_at: Mutex::new(HashMap::new()),
         }
     }
 
     /// How the rollout `ns/name` ended, once it has.
     pub fn end(&self, key: &str) -> Option<End> {
         self.ends.lock().ok().and_then(|e| e.get(key).cloned())
+    }
+
+    /// The measurements taken for the same queries within `interval`, if any.
+    pub(crate) fn reuse(
+        &self,
+        key: &str,
+        keys: &[rollout_engine::QueryKey],
+        revisions: &(String, String),
+        now: Millis,
+        interval: Millis,
+    ) -> Option<rollout_engine::Observations> {
+        let m = self.measured.lock().ok()?;
+        let last = m.get(key)?;
+        (!keys.is_empty()
+            && last.keys == keys
+            && last.revisions == *revisions
+            && now.saturating_sub(last.at) < interval)
+            .then(|| last.observations.clone())
+    }
+
+    /// Keeps the measurements of a decision.
+    pub(crate) fn remember(
+        &self,
+        key: &str,
+        keys: Vec<rollout_engine::QueryKey>,
+        revisions: (String, String),
+        at: Millis,
+        observations: rollout_engine::Observations,
+    ) {
+        if let Ok(mut m) = self.measured.lock() {
+            m.insert(
+                key.to_string(),
+                Measured {
+                    at,
+                    keys,
+                    revisions,
+                    observations,
+                },
+            );
+        }
+    }
+
+    /// The delay before an InferenceService write that met a 409 is made again: doubling from
+    /// 100 ms to 6.4 s, jittered, until a write of that rollout succeeds ([`Context::wrote`]).
+    pub(crate) fn conflicted(&self, key: &str) -> Duration {
+        let n = self.conflicts.lock().map_or(1, |mut c| {
+            let n = c.entry(key.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        });
+        let ms = 100u64 << n.min(6);
+        Duration::from_millis(ms + fastrand::u64(..=ms / 4))
+    }
+
+    /// An InferenceService write of a rollout succeeded.
+    pub(crate) fn wrote(&self, key: &str) {
+        if let Ok(mut c) = self.conflicts.lock() {
+            c.remove(key);
+        }
+    }
+
+    /// Whether the watch's copy of a rollout may be decided on: not before it was read from
+    /// the API server once, after a 409 on it, or after this driver took its Lease back from
+    /// another runner (it may have slept through that runner's work).
+    pub(crate) fn cache_trusted(&self, key: &str) -> bool {
+        let epoch = self.lease.as_ref().map_or(0, LeaseHandle::epoch);
+        self.read_at
+            .lock()
+            .is_ok_and(|m| m.get(key).copied() == Some(epoch))
+    }
+
+    /// A rollout was read from the API server: the state and measurements remembered of it
+    /// before are not used again.
+    pub(crate) fn read_fresh(&self, key: &str) {
+        let epoch = self.lease.as_ref().map_or(0, LeaseHandle::epoch);
+        if let Ok(mut m) = self.memo.lock()
+            && let Some(m) = m.get_mut(key)
+        {
+            // The remembered state is not used again (the backoff's failure count is kept).
+            m.superseded = true;
+        }
+        self.forget(key);
+        if let Ok(mut m) = self.read_at.lock() {
+            m.insert(key.to_string(), epoch);
+        }
+    }
+
+    /// A write met a 409: read the rollout from the API server before the next decision.
+    pub(crate) fn distrust(&self, key: &str) {
+        if let Ok(mut m) = self.read_at.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// The Lease term of this driver (0 without a Lease).
+    pub(crate) fn term(&self) -> Option<i64> {
+        self.lease.as_ref().map(LeaseHandle::term)
+    }
+
+    /// Drops the measurements kept for a rollout's decision.
+    pub(crate) fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.measured.lock() {
+            m.remove(key);
+        }
     }
 
     pub(crate) fn set_end(&self, key: &str, end: End) {

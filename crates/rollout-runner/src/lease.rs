@@ -3,9 +3,14 @@
 //! its duration, whatever the policy's evaluation interval. The reconcile asks
 //! [`LeaseHandle::held`] before every write; a runner that could not renew in time stops
 //! writing before another can take the Lease.
+//!
+//! Fencing: the Lease's `leaseTransitions` is this runner's term. A runner that finds, on a
+//! renewal, that another runner held the Lease meanwhile (a new term) bumps its epoch; the
+//! reconcile then forgets what it remembered and reads the ModelRollout again before it decides,
+//! and every status write carries the term, so a write from an older term is refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -35,8 +40,8 @@ pub struct LeaseLock {
 /// The outcome of trying to take the Lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseResult {
-    /// Taken (or renewed).
-    Held,
+    /// Taken (or renewed), in this term (`leaseTransitions`).
+    Held(i64),
     /// Someone else holds it.
     HeldBy(String),
 }
@@ -98,7 +103,7 @@ impl LeaseLock {
             spec: Some(spec.clone()),
         };
         match self.api.create(&PostParams::default(), &lease).await {
-            Ok(_) => return Ok(LeaseResult::Held),
+            Ok(_) => return Ok(LeaseResult::Held(0)),
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e),
         }
@@ -127,7 +132,7 @@ impl LeaseLock {
             .replace(&self.name, &PostParams::default(), &next)
             .await
         {
-            Ok(_) => Ok(LeaseResult::Held),
+            Ok(_) => Ok(LeaseResult::Held(i64::from(transitions))),
             Err(e) if conflict(&e) => {
                 Ok(LeaseResult::HeldBy("another runner (lost the race)".into()))
             }
@@ -157,17 +162,32 @@ impl LeaseLock {
     }
 
     /// Keeps the (taken) Lease renewed by a task of its own, every third of its duration.
-    pub fn keep(self) -> LeaseHandle {
+    /// `term` is the one [`LeaseLock::acquire`] returned.
+    pub fn keep(self, term: i64) -> LeaseHandle {
         let valid_until = Arc::new(AtomicU64::new(crate::now_ms() + margin(self.duration)));
         let lost_to = Arc::new(std::sync::Mutex::new(None));
-        let (v, l, lock) = (valid_until.clone(), lost_to.clone(), self.clone());
+        let term_now = Arc::new(AtomicI64::new(term));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let (v, l, t, ep, lock) = (
+            valid_until.clone(),
+            lost_to.clone(),
+            term_now.clone(),
+            epoch.clone(),
+            self.clone(),
+        );
         let task = tokio::spawn(async move {
             let every = lock.duration / 3;
             loop {
                 tokio::time::sleep(every).await;
                 let asked = crate::now_ms();
                 match lock.acquire().await {
-                    Ok(LeaseResult::Held) => {
+                    Ok(LeaseResult::Held(term)) => {
+                        if t.swap(term, Ordering::SeqCst) != term {
+                            // Another runner held the Lease in between (this one slept or
+                            // was cut off): what it remembers may be stale.
+                            ep.fetch_add(1, Ordering::SeqCst);
+                            tracing::warn!(lease = %lock.name, term, "took the Lease back after another runner held it; the rollout is read again before any decision");
+                        }
                         v.store(asked + margin(lock.duration), Ordering::SeqCst)
                     }
                     Ok(LeaseResult::HeldBy(h)) => {
@@ -188,6 +208,8 @@ impl LeaseLock {
             lock: self,
             valid_until,
             lost_to,
+            term: term_now,
+            epoch,
             task: Arc::new(task),
         }
     }
@@ -206,6 +228,8 @@ pub struct LeaseHandle {
     pub lock: LeaseLock,
     valid_until: Arc<AtomicU64>,
     lost_to: Arc<std::sync::Mutex<Option<String>>>,
+    term: Arc<AtomicI64>,
+    epoch: Arc<AtomicU64>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -213,6 +237,16 @@ impl LeaseHandle {
     /// Whether this runner may write now.
     pub fn held(&self) -> bool {
         crate::now_ms() < self.valid_until.load(Ordering::SeqCst)
+    }
+
+    /// The Lease term this runner holds (`leaseTransitions` when it last took or renewed it).
+    pub fn term(&self) -> i64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
+    /// How many times this runner took the Lease back after another held it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Who took the Lease, if it was lost to another runner.

@@ -215,19 +215,19 @@ pub async fn abort_without_runner(
     timeout: Duration,
 ) -> Result<End, Error> {
     let lock = LeaseLock::new(client.clone(), ns, name, holder, Duration::from_secs(15));
-    match lock
+    let term = match lock
         .acquire()
         .await
         .map_err(|e| Error::kube("taking the Lease", e))?
     {
-        LeaseResult::Held => {}
+        LeaseResult::Held(term) => term,
         LeaseResult::HeldBy(h) => {
             return Ok(End::Stopped(format!(
                 "{h} took the Lease first; it performs the abort"
             )));
         }
-    }
-    let lease = lock.keep();
+    };
+    let lease = lock.keep(term);
     let ctx = Arc::new(Context::new(
         client.clone(),
         holder,

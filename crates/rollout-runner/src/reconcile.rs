@@ -45,6 +45,24 @@ pub async fn reconcile(mr: Arc<ModelRollout>, ctx: Arc<Context>) -> Result<Actio
 /// can make one useful.
 pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<Duration>, Error> {
     let key = format!("{}/{}", mr.namespace().unwrap_or_default(), mr.name_any());
+    // Fencing: decide only on the object as the API server has it now when the watch's copy
+    // may be stale (first sight, a 409, the Lease taken back after another runner held it).
+    let fresh;
+    let mr = if ctx.cache_trusted(&key) {
+        mr
+    } else {
+        let api: Api<ModelRollout> =
+            Api::namespaced(ctx.client.clone(), &mr.namespace().unwrap_or_default());
+        match api.get_opt(&mr.name_any()).await {
+            Ok(Some(o)) => {
+                ctx.read_fresh(&key);
+                fresh = o;
+                &fresh
+            }
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Error::kube(format!("reading ModelRollout {key}"), e)),
+        }
+    };
     let result = reconcile_one(mr, ctx, &key).await;
     match &result {
         Ok(_) => ctx.with_memo(&key, |m| {
@@ -78,13 +96,18 @@ async fn write_status(
     let api: Api<ModelRollout> =
         Api::namespaced(ctx.client.clone(), &mr.namespace().unwrap_or_default());
     let mut next = mr.clone();
-    next.status = Some(status.clone());
+    let mut status = status.clone();
+    status.lease_term = ctx.term();
+    next.status = Some(status);
     match api
         .replace_status(&mr.name_any(), &PostParams::default(), &next)
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) if isvc::conflict(&e) => Err(Error::Conflict(format!("ModelRollout {key}"))),
+        Err(e) if isvc::conflict(&e) => {
+            ctx.distrust(key);
+            Err(Error::Conflict(format!("ModelRollout {key}")))
+        }
         Err(e) => Err(Error::kube(
             format!("writing the status of ModelRollout {key}"),
             e,
@@ -326,7 +349,7 @@ async fn reconcile_one(
         }
     };
     let memo_state = ctx.with_memo(key, |m| {
-        m.filter(|m| m.uid == uid && m.persisted == status.state)
+        m.filter(|m| m.uid == uid && !m.superseded && m.persisted == status.state)
             .map(|m| (m.state.clone(), m.written_at))
     });
     let restarted = memo_state.is_none() && from_object.is_some();
@@ -414,6 +437,48 @@ async fn reconcile_one(
     status.attempt = Some(attempt);
     let candidate = latest_created.clone();
 
+    // Traffic someone else set (kubectl, a GitOps sync): never leave the canary at more (or
+    // other) traffic than this step allows; restore it at once and say who changed it.
+    if !ctx.dry_run
+        && let Some((expected, accepted)) = expected_traffic(&state)
+    {
+        let spec = obj
+            .data
+            .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
+            .and_then(serde_json::Value::as_i64);
+        let by = field_owner(&obj, component);
+        let fits = spec.is_some_and(|p| accepted.iter().any(|a| i64::from(*a) == p));
+        if !fits && by.as_deref() != Some(isvc::FIELD_MANAGER) {
+            ctx.may_write()?;
+            let rv = obj.metadata.resource_version.clone().unwrap_or_default();
+            let who = by.unwrap_or_else(|| "an unknown writer".into());
+            let was = spec.map_or_else(|| "removed".to_string(), |p| format!("set to {p}%"));
+            match target.set_traffic(component, &rv, expected).await {
+                Ok(_) => {
+                    ctx.wrote(key);
+                    tracing::warn!(rollout = %key, %who, "canaryTrafficPercent was {was} out of band; restored to {expected}%");
+                    pending_events.push(Command::Event {
+                        warning: true,
+                        reason: "OutOfBandTraffic".into(),
+                        message: format!(
+                            "spec.{component}.canaryTrafficPercent was {was} by {who}, not by rolloutctl; restored to {expected}% (step {} of the rollout); if a GitOps tool owns the InferenceService, let it ignore this field",
+                            state.step + 1
+                        ),
+                    });
+                }
+                Err(e) if isvc::conflict(&e) => return Ok(Some(ctx.conflicted(key))),
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!(
+                            "restoring spec.{component}.canaryTrafficPercent of InferenceService {key}"
+                        ),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
     // Intents, measurements, one engine step.
     let ops = intents::operators(&mr.spec, &state, candidate.as_deref(), attempt);
     // Preflight, before the first traffic change.
@@ -460,44 +525,23 @@ async fn reconcile_one(
     } else {
         machine.queries(&state, now)
     };
-    let mut observations = Observations::default();
-    if !keys.is_empty() {
-        let (canary, stable) = (
-            state.canary_revision.clone().unwrap_or_default(),
-            state.stable_revision.clone().unwrap_or_default(),
-        );
-        match ctx.prom(&policy) {
-            Ok(prom) => {
-                let queries = keys.iter().map(|k| {
-                    let q = metrics::render(&policy, k, &canary, &stable);
-                    let prom = prom.clone();
-                    async move {
-                        match q {
-                            Some(q) => prom.query(&q, now).await,
-                            None => Sample::NoData,
-                        }
-                    }
-                });
-                let samples = futures_util::future::join_all(queries).await;
-                for (k, s) in keys.into_iter().zip(samples) {
-                    if let Sample::Error { message } = &s {
-                        tracing::warn!(rollout = %key, %message, "query failed");
-                    }
-                    observations.push(k, s);
-                }
+    let revisions = (
+        state.canary_revision.clone().unwrap_or_default(),
+        state.stable_revision.clone().unwrap_or_default(),
+    );
+    let interval = u64::try_from(policy.evaluation.interval.as_millis()).unwrap_or(u64::MAX);
+    // A decision dropped by a 409 is made again on the measurements already taken for it
+    // (within one evaluation interval), so a conflict storm does not multiply queries.
+    let observations = match ctx.reuse(key, &keys, &revisions, now, interval) {
+        Some(obs) => obs,
+        None => {
+            let obs = measure(ctx, &policy, key, &keys, &revisions, now).await;
+            if !keys.is_empty() {
+                ctx.remember(key, keys.clone(), revisions.clone(), now, obs.clone());
             }
-            Err(message) => {
-                for k in keys {
-                    observations.push(
-                        k,
-                        Sample::Error {
-                            message: message.clone(),
-                        },
-                    );
-                }
-            }
+            obs
         }
-    }
+    };
     let before = state.clone();
     let out = machine.step(
         &mut state,
@@ -574,10 +618,12 @@ async fn reconcile_one(
                 written_at,
                 machine: None,
                 failures: 0,
+                superseded: false,
                 dry: None,
             });
             e.uid = uid.clone();
             e.persisted = persisted;
+            e.superseded = false;
             e.state = state.clone();
             e.written_at = written_at;
             e.machine = Some(machine_entry);
@@ -586,9 +632,11 @@ async fn reconcile_one(
             }
         }
     }
+    // The decision stands; its measurements are not re-used for the next one.
+    ctx.forget(key);
 
     // Traffic, the one write to the InferenceService.
-    let mut soon = false;
+    let mut soon = None;
     if let Some(p) = traffic {
         if ctx.dry_run {
             tracing::info!(rollout = %key, traffic = p, "dry run: would set canaryTrafficPercent");
@@ -597,11 +645,13 @@ async fn reconcile_one(
             let rv = obj.metadata.resource_version.clone().unwrap_or_default();
             match target.set_traffic(component, &rv, p).await {
                 Ok(_) => {
+                    ctx.wrote(key);
                     tracing::info!(rollout = %key, traffic = p, "set spec.{component}.canaryTrafficPercent")
                 }
                 Err(e) if isvc::conflict(&e) => {
-                    tracing::info!(rollout = %key, "the InferenceService changed since it was read (409); the traffic write is made again");
-                    soon = true;
+                    let delay = ctx.conflicted(key);
+                    tracing::info!(rollout = %key, retry_in_ms = delay.as_millis(), "the InferenceService changed since it was read (409); the traffic write is made again");
+                    soon = Some(delay);
                 }
                 Err(e) => {
                     return Err(Error::kube(
@@ -652,10 +702,12 @@ async fn reconcile_one(
         Command::WaitUntil { at } => Some(*at),
         _ => None,
     });
-    let delay = match (soon, wake) {
-        (true, _) => 200,
-        (false, Some(at)) => at.saturating_sub(now_ms()),
-        (false, None) => 1000,
+    if let Some(delay) = soon {
+        return Ok(Some(delay));
+    }
+    let delay = match wake {
+        Some(at) => at.saturating_sub(now_ms()),
+        None => 1000,
     };
     Ok(Some(Duration::from_millis(delay.clamp(50, 300_000))))
 }
@@ -668,4 +720,79 @@ fn state_is_new(events: &mut Vec<Command>, event: Option<(String, String)>) {
             message,
         });
     }
+}
+
+/// The `canaryTrafficPercent` to restore if someone else changed it, and the values the state
+/// accounts for (a requested change may not have been written yet); none while the rollout is
+/// starting or over.
+fn expected_traffic(state: &State) -> Option<(u8, Vec<u8>)> {
+    let was = state.traffic;
+    match &state.phase {
+        Phase::Holding { .. } | Phase::AwaitingApproval { .. } | Phase::Paused { .. } => {
+            Some((was, vec![was]))
+        }
+        Phase::ShiftingTraffic { target, .. } => Some((*target, vec![was, *target])),
+        Phase::Promoting { .. } => Some((100, vec![was, 100])),
+        Phase::RollingBack { .. } => Some((0, vec![was, 0])),
+        _ => None,
+    }
+}
+
+/// The field manager that last set the component's `canaryTrafficPercent` (`managedFields`).
+fn field_owner(obj: &kube::api::DynamicObject, component: &str) -> Option<String> {
+    obj.metadata.managed_fields.as_ref()?.iter().find_map(|e| {
+        let set = &e.fields_v1.as_ref()?.0;
+        set.get("f:spec")?
+            .get(format!("f:{component}"))?
+            .get("f:canaryTrafficPercent")?;
+        e.manager.clone()
+    })
+}
+
+/// One instant query per key, in parallel.
+async fn measure(
+    ctx: &Context,
+    policy: &rollout_policy::Policy,
+    key: &str,
+    keys: &[rollout_engine::QueryKey],
+    revisions: &(String, String),
+    now: crate::Millis,
+) -> Observations {
+    let mut observations = Observations::default();
+    if keys.is_empty() {
+        return observations;
+    }
+    let (canary, stable) = revisions;
+    match ctx.prom(policy) {
+        Ok(prom) => {
+            let queries = keys.iter().map(|k| {
+                let q = metrics::render(policy, k, canary, stable);
+                let prom = prom.clone();
+                async move {
+                    match q {
+                        Some(q) => prom.query(&q, now).await,
+                        None => Sample::NoData,
+                    }
+                }
+            });
+            let samples = futures_util::future::join_all(queries).await;
+            for (k, s) in keys.iter().zip(samples) {
+                if let Sample::Error { message } = &s {
+                    tracing::warn!(rollout = %key, %message, "query failed");
+                }
+                observations.push(*k, s);
+            }
+        }
+        Err(message) => {
+            for k in keys {
+                observations.push(
+                    *k,
+                    Sample::Error {
+                        message: message.clone(),
+                    },
+                );
+            }
+        }
+    }
+    observations
 }

@@ -90,7 +90,7 @@ fn desired(policy: &Policy, text: &str, owner: &DynamicObject) -> serde_json::Va
 async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> {
     loop {
         match lock.acquire().await {
-            Ok(LeaseResult::Held) => return Ok(lock.keep()),
+            Ok(LeaseResult::Held(term)) => return Ok(lock.keep(term)),
             Ok(LeaseResult::HeldBy(h)) if wait => {
                 tracing::info!(holder = %h, "another runner holds the Lease; waiting");
                 tokio::time::sleep(Duration::from_millis(1500 + fastrand::u64(..1000))).await;
