@@ -237,13 +237,23 @@ async fn a_5xx_regression_at_10_percent_is_rolled_back_fast_and_not_rolled_out_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_20s_interval_the_lease_is_renewed_and_a_second_runner_never_acts() {
+    lease_outlives_the_interval(20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_a_30s_interval_the_lease_is_renewed_and_a_second_runner_never_acts() {
+    lease_outlives_the_interval(30).await;
+}
+
+/// An evaluation interval longer than the Lease (15 s): renewed by its own task meanwhile.
+async fn lease_outlives_the_interval(secs: u32) {
     let w = world(40.0).await;
     w.canary(json!({})).await;
-    let steps = "    traffic 10%\n    hold 29s\n    promote";
+    let steps = format!("    traffic 10%\n    hold {}s\n    promote", secs - 1);
     let p = w.policy_file(
-        &policy("", steps, "    passes = 1\n", ON)
-            .replace("interval = 1s", "interval = 30s")
+        &policy("", &steps, "    passes = 1\n", ON)
+            .replace("interval = 1s", &format!("interval = {secs}s"))
             .replace("window = 5s", "window = 20s")
             .replace("stale_after = 5s", "stale_after = 40s"),
     );
@@ -251,7 +261,9 @@ async fn with_a_30s_interval_the_lease_is_renewed_and_a_second_runner_never_acts
     let mut a = w.run(&p, &[], &[]);
     a.until(30, "the hold", to("holding")).await;
     // Refused at once without --wait; with --wait, it waits and never acts while `a` lives.
-    let mut b = w.run(&p, &[], &[]);
+    // (A runner of another policy for the same InferenceService is refused too.)
+    let other = w.policy_file(&policy("", STEPS, "", ON));
+    let mut b = w.run(&other, &[], &[]);
     assert_eq!(b.exit(30).await, 5);
     assert!(b.stderr().contains("another rolloutctl"), "{}", b.stderr());
     let c = w.run(&p, &["--wait"], &[]);
