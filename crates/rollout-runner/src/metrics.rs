@@ -397,6 +397,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_credential_file_is_one_line_of_header_text_or_an_error_naming_the_setting() {
+        assert_eq!(one_line("tok\n", "token_file", "/t"), Ok("tok".into()));
+        assert_eq!(one_line("tok\r\n", "token_file", "/t"), Ok("tok".into()));
+        let two = one_line("tok\nsecret-2\n", "token_file", "/t").unwrap_err();
+        assert!(
+            two.contains("token_file `/t`") && two.contains("more than one line"),
+            "{two}"
+        );
+        assert!(
+            !two.contains("secret-2"),
+            "the content is not echoed: {two}"
+        );
+        let empty = one_line("\n", "basic_auth_file", "/b").unwrap_err();
+        assert!(empty.contains("basic_auth_file `/b` is empty"), "{empty}");
+        let bad = one_line("t\u{7f}k", "token_file", "/t").unwrap_err();
+        assert!(bad.contains("cannot be sent in a header"), "{bad}");
+        let nul = one_line("t\0k", "token_file", "/t").unwrap_err();
+        assert!(nul.contains("cannot be sent in a header"), "{nul}");
+    }
+
+    #[test]
     fn base64_matches_the_rfc_examples() {
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(b"fooba"), "Zm9vYmE=");

@@ -246,7 +246,7 @@ async fn a_revision_made_outside_the_inferenceservice_pauses_and_resume_judges_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_releases_the_lease_and_exits_143() {
+async fn sigterm_and_sigint_persist_the_state_release_the_lease_and_exit_143_and_130() {
     let w = world(60.0).await;
     w.canary(json!({})).await;
     let p = w.policy_file(&policy("", STEPS, "", ON));
@@ -261,8 +261,20 @@ async fn sigterm_releases_the_lease_and_exits_143() {
         "{}",
         text(&status)
     );
-    // Another runner takes over at once and finishes.
+    // Another runner takes over at once; SIGINT stops it the same way, with 130.
     let mut next = w.run(&p, &[], &[]);
-    assert_eq!(next.exit(90).await, 0, "{}", next.stderr());
+    next.until(30, "a hold", |d| d["to"] == "holding").await;
+    next.signal("INT");
+    assert_eq!(next.exit(20).await, 130, "{}", next.stderr());
+    assert!(
+        next.stderr().contains("Lease is released"),
+        "{}",
+        next.stderr()
+    );
+    let st = w.rollout().await.status.expect("status");
+    assert!(st.state.is_some(), "the state was persisted");
+    // A third takes over at once and finishes.
+    let mut last = w.run(&p, &[], &[]);
+    assert_eq!(last.exit(90).await, 0, "{}", last.stderr());
     w.sandbox.shutdown().await;
 }
