@@ -400,7 +400,7 @@ mod tests {
     fn a_credential_file_is_one_line_of_header_text_or_an_error_naming_the_setting() {
         assert_eq!(one_line("tok\n", "token_file", "/t"), Ok("tok".into()));
         assert_eq!(one_line("tok\r\n", "token_file", "/t"), Ok("tok".into()));
-        let two = one_line("tok\nsecret-2\n", "token_file", "/t").unwrap_err();
+        let two = one_line("tok\nsecret-2\n", "token_file", "/t").expect_err("refused");
         assert!(
             two.contains("token_file `/t`") && two.contains("more than one line"),
             "{two}"
@@ -409,11 +409,11 @@ mod tests {
             !two.contains("secret-2"),
             "the content is not echoed: {two}"
         );
-        let empty = one_line("\n", "basic_auth_file", "/b").unwrap_err();
+        let empty = one_line("\n", "basic_auth_file", "/b").expect_err("refused");
         assert!(empty.contains("basic_auth_file `/b` is empty"), "{empty}");
-        let bad = one_line("t\u{7f}k", "token_file", "/t").unwrap_err();
+        let bad = one_line("t\u{7f}k", "token_file", "/t").expect_err("refused");
         assert!(bad.contains("cannot be sent in a header"), "{bad}");
-        let nul = one_line("t\0k", "token_file", "/t").unwrap_err();
+        let nul = one_line("t\0k", "token_file", "/t").expect_err("refused");
         assert!(nul.contains("cannot be sent in a header"), "{nul}");
     }
 
