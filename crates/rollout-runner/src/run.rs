@@ -107,27 +107,54 @@ async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> 
     }
 }
 
-/// A future that resolves with the signal number on SIGINT or SIGTERM.
-async fn signal() -> i32 {
+/// SIGINT and SIGTERM, listened for from the start of `run` to its end: a listener made
+/// anew for each wait would lose a signal that arrived between two waits (once tokio handles a
+/// signal, the default action no longer ends the process).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return 2;
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => 2,
-            _ = term.recv() => 15,
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        2
+
+    /// Resolves with the signal number (2 or 15) of the next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> i32 {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.int) => 2,
+                _ = next(&mut self.term) => 15,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            2
+        }
     }
 }
 
@@ -143,6 +170,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
         lease_duration,
         mut on_decision,
     } = cfg;
+    let mut signals = Signals::new();
     let (ns, name) = (policy.target.namespace.clone(), policy.target.name.clone());
     let key = format!("{ns}/{name}");
     let target = Isvc::new(client.clone(), &ns, &name);
@@ -178,7 +206,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
         loop {
             let next = tokio::select! {
                 r = reconcile::reconcile_once(&mr, &ctx) => r,
-                s = signal() => return RunEnd::Interrupted(s),
+                s = signals.recv() => return RunEnd::Interrupted(s),
             };
             if let Some(end) = ctx.end(&key) {
                 return finish(end);
@@ -190,22 +218,39 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                s = signal() => return RunEnd::Interrupted(s),
+                s = signals.recv() => return RunEnd::Interrupted(s),
             }
         }
     }
-    // The ModelRollout: create or update its policy (server-side apply, forced: `run` says
-    // which policy drives this rollout; intents set by others are left alone).
+    // The Lease first: one process drives one rollout.
+    let taken = tokio::select! {
+        l = take_lease(
+            LeaseLock::new(client.clone(), &ns, &name, &holder, lease_duration),
+            wait_for_lease,
+        ) => l,
+        s = signals.recv() => return RunEnd::Interrupted(s),
+    };
+    let lease = match taken {
+        Ok(l) => l,
+        Err(e) => return RunEnd::Refused(e),
+    };
+    // Then the ModelRollout: create or update its policy (server-side apply, forced: `run`
+    // says which policy drives this rollout; intents set by others are left alone). Only the
+    // Lease's holder writes it: a refused or waiting runner changes nothing.
+    let (params, patch) = (
+        PatchParams::apply(RUN_MANAGER).force(),
+        Patch::Apply(desired(&policy, &text, &owner)),
+    );
     let mut tries = 0;
     loop {
-        match api
-            .patch(
-                &name,
-                &PatchParams::apply(RUN_MANAGER).force(),
-                &Patch::Apply(desired(&policy, &text, &owner)),
-            )
-            .await
-        {
+        let applied = tokio::select! {
+            r = api.patch(&name, &params, &patch) => r,
+            s = signals.recv() => {
+                lease.release().await;
+                return RunEnd::Interrupted(s);
+            }
+        };
+        match applied {
             Ok(_) => break,
             Err(e) if isvc::transient(&e) && tries < 6 => {
                 tries += 1;
@@ -219,21 +264,13 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
                 } else {
                     ""
                 };
+                lease.release().await;
                 return RunEnd::Refused(format!(
                     "cannot create or update ModelRollout {key}: {e}{hint}"
                 ));
             }
         }
     }
-    let lease = match take_lease(
-        LeaseLock::new(client.clone(), &ns, &name, &holder, lease_duration),
-        wait_for_lease,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => return RunEnd::Refused(e),
-    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         &holder,
@@ -275,7 +312,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
                     break finish(end);
                 }
             }
-            s = signal() => break RunEnd::Interrupted(s),
+            s = signals.recv() => break RunEnd::Interrupted(s),
         }
     };
     lease.release().await;

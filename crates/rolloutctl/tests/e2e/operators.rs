@@ -252,8 +252,14 @@ async fn sigterm_and_sigint_persist_the_state_release_the_lease_and_exit_143_and
     let p = w.policy_file(&policy("", STEPS, "", ON));
     let mut r = w.run(&p, &[], &[]);
     r.until(30, "the 10% hold", |d| d["to"] == "holding").await;
+    // A runner waiting for the Lease stops on SIGTERM too, having decided nothing.
+    let mut waiting = w.run(&p, &["--wait"], &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    waiting.signal("TERM");
+    assert_eq!(waiting.exit(20).await, 143, "{}", waiting.stderr());
+    assert!(waiting.decisions().is_empty());
     r.signal("TERM");
-    assert_eq!(r.exit(20).await, 143);
+    assert_eq!(r.exit(20).await, 143, "{}", r.stderr());
     assert!(r.stderr().contains("Lease is released"), "{}", r.stderr());
     let status = w.rolloutctl(&["status", "sklearn-iris"]);
     assert!(

@@ -263,9 +263,15 @@ async fn lease_outlives_the_interval(secs: u32) {
     // Refused at once without --wait; with --wait, it waits and never acts while `a` lives.
     // (A runner of another policy for the same InferenceService is refused too.)
     let other = w.policy_file(&policy("", STEPS, "", ON));
+    let spec = w.rollout().await.spec;
     let mut b = w.run(&other, &[], &[]);
     assert_eq!(b.exit(30).await, 5);
     assert!(b.stderr().contains("another rolloutctl"), "{}", b.stderr());
+    assert_eq!(
+        w.rollout().await.spec,
+        spec,
+        "a refused runner does not write the ModelRollout"
+    );
     let c = w.run(&p, &["--wait"], &[]);
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(w.client.clone(), "kserve-test");

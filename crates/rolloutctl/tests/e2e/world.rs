@@ -352,8 +352,17 @@ impl Runner {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
+                let lines = self.decisions();
+                let last: Vec<String> = lines
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .map(Value::to_string)
+                    .collect();
                 panic!(
-                    "rolloutctl run did not exit within {secs}s; stderr:\n{}",
+                    "rolloutctl run did not exit within {secs}s; last decisions:\n{}\nstderr:\n{}",
+                    last.join("\n"),
                     self.stderr()
                 );
             }
