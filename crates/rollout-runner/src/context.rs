@@ -18,6 +18,7 @@ use crate::Millis;
 use crate::error::Error;
 use crate::lease::LeaseHandle;
 use crate::metrics::Prom;
+use crate::telemetry::Telemetry;
 
 /// How a rollout ended, for whoever drives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,8 @@ pub struct Context {
     conflicts: Mutex<HashMap<String, u32>>,
     /// The Lease epoch at which each rollout was last read from the API server itself.
     read_at: Mutex<HashMap<String, u64>>,
+    /// Where query latencies and errors are counted (a controller's `/metrics`).
+    pub(crate) telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The measurements of the last decision of a rollout.
@@ -122,7 +125,15 @@ impl Context {
             measured: Mutex::new(HashMap::new()),
             conflicts: Mutex::new(HashMap::new()),
             read_at: Mutex::new(HashMap::new()),
+            telemetry: None,
         }
+    }
+
+    /// Counts Prometheus query latencies and errors in `telemetry`.
+    #[must_use]
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> Context {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     /// How the rollout `ns/name` ended, once it has.

@@ -18,6 +18,14 @@ pub enum Error {
         /// `namespace/name`.
         target: String,
     },
+    /// The ModelRollout was deleted while it was being reconciled.
+    #[error(
+        "ModelRollout {rollout} was deleted (garbage-collected with its InferenceService?); nothing to roll out"
+    )]
+    RolloutGone {
+        /// `namespace/name`.
+        rollout: String,
+    },
     /// rolloutctl will not act on this target or state, and says why.
     #[error("{0}")]
     Refused(String),

@@ -4,6 +4,10 @@
 //! [`LeaseHandle::held`] before every write; a runner that could not renew in time stops
 //! writing before another can take the Lease.
 //!
+//! A controller drives many rollouts without renewing a Lease for each: it marks a rollout's
+//! Lease as delegated to its own leader Lease ([`delegated_holder`]), and [`driver`] judges
+//! such a Lease live exactly while that leader Lease is.
+//!
 //! Fencing: the Lease's `leaseTransitions` is this runner's term. A runner that finds, on a
 //! renewal, that another runner held the Lease meanwhile (a new term) bumps its epoch; the
 //! reconcile then forgets what it remembered and reads the ModelRollout again before it decides,
@@ -25,9 +29,52 @@ pub fn lease_name(rollout: &str) -> String {
     format!("rolloutctl-{rollout}")
 }
 
+/// The ModelRollout a per-rollout Lease name belongs to.
+pub fn rollout_of(lease: &str) -> Option<&str> {
+    lease.strip_prefix("rolloutctl-")
+}
+
+/// The label every Lease rolloutctl creates carries, so a controller can watch just those.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "rolloutctl");
+
+/// The holder identity of a per-rollout Lease that a controller drives: it is live exactly
+/// while the controller's leader Lease `namespace/name` is (a fleet of rollouts costs no
+/// per-rollout renewals).
+pub fn delegated_holder(namespace: &str, name: &str) -> String {
+    format!("controller:{namespace}/{name}")
+}
+
+/// The leader Lease a delegated holder identity names.
+pub fn delegation(holder: &str) -> Option<(&str, &str)> {
+    holder.strip_prefix("controller:")?.split_once('/')
+}
+
+/// Who drives a rollout by its Lease now (`None`: nobody): the Lease's live holder, or, for
+/// a Lease delegated to a controller, that controller's leader while its Lease is live.
+pub async fn driver(client: &Client, lease: &Lease) -> Result<Option<String>, kube::Error> {
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .unwrap_or_default();
+    match delegation(holder) {
+        Some((ns, name)) => {
+            let leaders: Api<Lease> = Api::namespaced(client.clone(), ns);
+            Ok(leaders
+                .get_opt(name)
+                .await?
+                .as_ref()
+                .and_then(live_holder)
+                .map(|h| format!("the rolloutctl controller {h} (leader Lease {ns}/{name})")))
+        }
+        None => Ok(live_holder(lease)),
+    }
+}
+
 /// A Lease held by one runner.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LeaseLock {
+    client: Client,
     api: Api<Lease>,
     /// The Lease's name.
     pub name: String,
@@ -35,6 +82,16 @@ pub struct LeaseLock {
     pub holder: String,
     /// How long it is valid without renewal.
     pub duration: Duration,
+}
+
+impl std::fmt::Debug for LeaseLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseLock")
+            .field("name", &self.name)
+            .field("holder", &self.holder)
+            .field("duration", &self.duration)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome of trying to take the Lease.
@@ -56,8 +113,8 @@ pub fn live_holder(lease: &Lease) -> Option<String> {
     let holder = spec.holder_identity.clone().filter(|h| !h.is_empty())?;
     let renewed = spec.renew_time.as_ref()?;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(renewed.0);
-    let limit = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    (age.as_secs() <= limit).then_some(holder)
+    let limit = i128::from(spec.lease_duration_seconds.unwrap_or(15)) * 1000;
+    (age.as_millis() <= limit).then_some(holder)
 }
 
 impl LeaseLock {
@@ -69,18 +126,30 @@ impl LeaseLock {
         holder: &str,
         duration: Duration,
     ) -> LeaseLock {
+        LeaseLock::named(client, namespace, &lease_name(rollout), holder, duration)
+    }
+
+    /// The lock of the Lease `name` in `namespace` (a controller's leader election).
+    pub fn named(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> LeaseLock {
         LeaseLock {
-            api: Api::namespaced(client, namespace),
-            name: lease_name(rollout),
+            api: Api::namespaced(client.clone(), namespace),
+            client,
+            name: name.to_string(),
             holder: holder.to_string(),
             duration,
         }
     }
 
-    /// Who holds the Lease now, if anyone.
+    /// Who drives the rollout by this Lease now, if anyone (see [`driver`]).
     pub async fn holder(&self) -> Result<Option<String>, kube::Error> {
         match self.api.get_opt(&self.name).await? {
-            Some(l) => Ok(live_holder(&l)),
+            Some(l) => driver(&self.client, &l).await,
             None => Ok(None),
         }
     }
@@ -98,6 +167,7 @@ impl LeaseLock {
         let lease = Lease {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.name.clone()),
+                labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
                 ..Default::default()
             },
             spec: Some(spec.clone()),
@@ -111,11 +181,15 @@ impl LeaseLock {
         let cur_spec = current.spec.clone().unwrap_or_default();
         let holder = cur_spec.holder_identity.clone().unwrap_or_default();
         if holder != self.holder
-            && let Some(other) = live_holder(&current)
+            && let Some(other) = driver(&self.client, &current).await?
         {
             return Ok(LeaseResult::HeldBy(other));
         }
         let mut next = current.clone();
+        next.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
         let transitions =
             cur_spec.lease_transitions.unwrap_or(0) + i32::from(holder != self.holder);
         next.spec = Some(LeaseSpec {
@@ -164,6 +238,13 @@ impl LeaseLock {
     /// Keeps the (taken) Lease renewed by a task of its own, every third of its duration.
     /// `term` is the one [`LeaseLock::acquire`] returned.
     pub fn keep(self, term: i64) -> LeaseHandle {
+        let every = self.duration / 3;
+        self.keep_every(term, every)
+    }
+
+    /// Keeps the (taken) Lease renewed every `every` (a controller's leader renews more
+    /// often than a runner, so one slow renewal does not cost it the Lease).
+    pub fn keep_every(self, term: i64, every: Duration) -> LeaseHandle {
         let valid_until = Arc::new(AtomicU64::new(crate::now_ms() + margin(self.duration)));
         let lost_to = Arc::new(std::sync::Mutex::new(None));
         let term_now = Arc::new(AtomicI64::new(term));
@@ -176,7 +257,6 @@ impl LeaseLock {
             self.clone(),
         );
         let task = tokio::spawn(async move {
-            let every = lock.duration / 3;
             loop {
                 tokio::time::sleep(every).await;
                 let asked = crate::now_ms();

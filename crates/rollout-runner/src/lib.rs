@@ -5,10 +5,12 @@
 //! Prometheus, feeds the engine, writes the status (guarded by the ModelRollout's
 //! resourceVersion) and then the one thing rolloutctl ever writes to an InferenceService,
 //! `canaryTrafficPercent`. It never decides anything itself. [`run`] drives one ModelRollout
-//! in-process for `rolloutctl run`; [`operate`] is what the operator verbs do.
+//! in-process for `rolloutctl run`; [`fleet`] drives every ModelRollout in scope for
+//! `rolloutctl controller`, behind a leader Lease; [`operate`] is what the operator verbs do.
 
 pub mod context;
 pub mod error;
+pub mod fleet;
 pub mod intents;
 pub mod isvc;
 pub mod lease;
@@ -21,7 +23,9 @@ pub mod reconcile;
 pub mod replay;
 pub mod run;
 pub mod secret;
+pub mod signals;
 pub mod status;
+pub mod telemetry;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +50,16 @@ pub async fn client(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> Result<Client, String> {
+    client_as(kubeconfig, context, "rolloutctl").await
+}
+
+/// [`client`], sending `User-Agent: <agent>/<version>` (so audit logs, and the API server's
+/// field managers, tell the controller from a `run` or an operator verb).
+pub async fn client_as(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    agent: &str,
+) -> Result<Client, String> {
     let opts = kube::config::KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -63,5 +77,11 @@ pub async fn client(
             .map_err(|e| e.to_string())?,
         None => kube::Config::infer().await.map_err(|e| e.to_string())?,
     };
+    let mut config = config;
+    if let Ok(v) =
+        reqwest::header::HeaderValue::from_str(&format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
+    {
+        config.headers.push((reqwest::header::USER_AGENT, v));
+    }
     Client::try_from(config).map_err(|e| e.to_string())
 }

@@ -59,7 +59,13 @@ pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<D
                 fresh = o;
                 &fresh
             }
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                let gone = Error::RolloutGone {
+                    rollout: key.clone(),
+                };
+                ctx.set_end(&key, End::TargetGone(gone.to_string()));
+                return Ok(None);
+            }
             Err(e) => return Err(Error::kube(format!("reading ModelRollout {key}"), e)),
         }
     };
@@ -70,7 +76,9 @@ pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<D
                 m.failures = 0;
             }
         }),
-        Err(e @ Error::TargetNotFound { .. }) => ctx.set_end(&key, End::TargetGone(e.to_string())),
+        Err(e @ (Error::TargetNotFound { .. } | Error::RolloutGone { .. })) => {
+            ctx.set_end(&key, End::TargetGone(e.to_string()));
+        }
         Err(e) if !e.transient() => ctx.set_end(&key, End::Stopped(e.to_string())),
         Err(_) => {}
     }
@@ -108,6 +116,9 @@ async fn write_status(
             ctx.distrust(key);
             Err(Error::Conflict(format!("ModelRollout {key}")))
         }
+        Err(e) if isvc::not_found(&e) => Err(Error::RolloutGone {
+            rollout: key.to_string(),
+        }),
         Err(e) => Err(Error::kube(
             format!("writing the status of ModelRollout {key}"),
             e,
@@ -768,9 +779,20 @@ async fn measure(
             let queries = keys.iter().map(|k| {
                 let q = metrics::render(policy, k, canary, stable);
                 let prom = prom.clone();
+                let telemetry = ctx.telemetry.clone();
                 async move {
                     match q {
-                        Some(q) => prom.query(&q, now).await,
+                        Some(q) => {
+                            let started = std::time::Instant::now();
+                            let s = prom.query(&q, now).await;
+                            if let Some(t) = telemetry {
+                                t.query(
+                                    started.elapsed().as_secs_f64(),
+                                    matches!(s, Sample::Error { .. }),
+                                );
+                            }
+                            s
+                        }
                         None => Sample::NoData,
                     }
                 }

@@ -67,8 +67,8 @@ impl std::fmt::Debug for RunConfig {
     }
 }
 
-/// The ModelRollout `run` applies: the policy text, owned by the InferenceService.
-fn desired(policy: &Policy, text: &str, owner: &DynamicObject) -> serde_json::Value {
+/// The ModelRollout `run` and `apply` write: the policy text, owned by the InferenceService.
+pub fn desired(policy: &Policy, text: &str, owner: &DynamicObject) -> serde_json::Value {
     json!({
         "apiVersion": format!("{}/{}", rollout_api::GROUP, rollout_api::VERSION),
         "kind": rollout_api::KIND,
@@ -95,6 +95,12 @@ async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> 
                 tracing::info!(holder = %h, "another runner holds the Lease; waiting");
                 tokio::time::sleep(Duration::from_millis(1500 + fastrand::u64(..1000))).await;
             }
+            Ok(LeaseResult::HeldBy(h)) if h.starts_with("the rolloutctl controller") => {
+                return Err(format!(
+                    "{h} drives this rollout (Lease {}); follow it with `rolloutctl status`, steer it with `pause`, `resume`, `approve` or `abort`, or apply a new policy with `rolloutctl apply`",
+                    lock.name
+                ));
+            }
             Ok(LeaseResult::HeldBy(h)) => {
                 return Err(format!(
                     "another rolloutctl ({h}) is driving this rollout (Lease {}); stop it, or wait with `--wait`",
@@ -103,57 +109,6 @@ async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> 
             }
             Err(e) if isvc::transient(&e) => tokio::time::sleep(Duration::from_secs(1)).await,
             Err(e) => return Err(format!("cannot take the Lease {}: {e}", lock.name)),
-        }
-    }
-}
-
-/// SIGINT and SIGTERM, listened for from the start of `run` to its end: a listener made
-/// anew for each wait would lose a signal that arrived between two waits (once tokio handles a
-/// signal, the default action no longer ends the process).
-struct Signals {
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Signals {
-                int: signal(SignalKind::interrupt()).ok(),
-                term: signal(SignalKind::terminate()).ok(),
-            }
-        }
-        #[cfg(not(unix))]
-        Signals {}
-    }
-
-    /// Resolves with the signal number (2 or 15) of the next SIGINT or SIGTERM.
-    async fn recv(&mut self) -> i32 {
-        #[cfg(unix)]
-        {
-            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        if s.recv().await.is_none() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
-            tokio::select! {
-                _ = next(&mut self.int) => 2,
-                _ = next(&mut self.term) => 15,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            2
         }
     }
 }
@@ -170,7 +125,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
         lease_duration,
         mut on_decision,
     } = cfg;
-    let mut signals = Signals::new();
+    let mut signals = crate::signals::Signals::new();
     let (ns, name) = (policy.target.namespace.clone(), policy.target.name.clone());
     let key = format!("{ns}/{name}");
     let target = Isvc::new(client.clone(), &ns, &name);

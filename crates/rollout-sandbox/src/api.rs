@@ -228,7 +228,11 @@ pub async fn handle(
     // Injected faults apply to resource requests only.
     let (delay, fail) = {
         let mut s = lock(&app);
-        s.record_request(method.as_str(), &path, is_watch);
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        s.record_request(method.as_str(), &path, is_watch, agent);
         let f = &s.faults;
         let applies = f.fail_next > 0
             && f.fail_method

@@ -147,10 +147,12 @@ pub struct Request {
     pub path: String,
     /// A watch.
     pub watch: bool,
+    /// The client's `User-Agent` (which process made it).
+    pub agent: String,
 }
 
 impl Shared {
-    fn record_request(&mut self, method: &str, path: &str, watch: bool) {
+    fn record_request(&mut self, method: &str, path: &str, watch: bool, agent: &str) {
         if self.requests.len() >= REQUEST_LOG {
             self.requests.pop_front();
         }
@@ -159,6 +161,7 @@ impl Shared {
             method: method.to_string(),
             path: path.to_string(),
             watch,
+            agent: agent.to_string(),
         });
     }
 }

@@ -13,11 +13,12 @@ Exit codes:
   3  run/simulate/demo: the canary was rolled back
   4  run/simulate: an operator aborted
   5  run/simulate/demo: the rollout failed (infrastructure: cluster or Prometheus unusable,
-     preflight refused, Lease held by another runner)
+     preflight refused, Lease held by another runner); controller: cannot run, or lost the
+     leader Lease; apply: the cluster refused
   6  simulate: the rollout did not end (paused, waiting, or out of simulated time)
   7  run: the InferenceService was deleted during the rollout
-  130/143  run: stopped by SIGINT/SIGTERM after releasing the Lease (the rollout stays where
-     it is; `rolloutctl run` again resumes it)
+  130/143  run, controller: stopped by SIGINT/SIGTERM after releasing the Lease (the rollout
+     stays where it is; `rolloutctl run` again, or the controller, resumes it)
 
 Examples:
   rolloutctl lint policies/
@@ -75,6 +76,16 @@ pub enum Command {
         after_help = "Examples:\n  rolloutctl run policies/sklearn-iris-canary.rollout\n  rolloutctl run --kubeconfig ~/.kube/prod --context ml policies/sklearn-iris-canary.rollout --output json\n  rolloutctl run --dry-run policies/sklearn-iris-canary.rollout\n\nExit codes: 0 promoted, 1 policy error, 2 bad arguments, 3 rolled back, 4 aborted by an operator,\n5 failed (infrastructure, preflight, Lease held, target missing), 130/143 stopped by a signal.\nA rollout that already ended reports its outcome: a rolled-back canary is not rolled out again\nwithout `rolloutctl retry`."
     )]
     Run(RunArgs),
+    /// Reconcile every ModelRollout in the cluster (or in the given namespaces), with leader election
+    #[command(
+        after_help = "Examples:\n  rolloutctl controller\n  rolloutctl controller --namespace team-a --namespace team-b --metrics-addr 127.0.0.1:8080\n\nServes /metrics, /healthz and /readyz on --metrics-addr. One replica leads (Lease\n<leader-election-namespace>/rolloutctl-controller); the others wait and take over when its Lease\nexpires. Exit codes: 5 cannot run or lost the leader Lease, 130/143 stopped by a signal after\nreleasing the Lease."
+    )]
+    Controller(ControllerArgs),
+    /// Create or update ModelRollouts from policy files (checked first); the controller does the rest
+    #[command(
+        after_help = "Examples:\n  rolloutctl apply policies/sklearn-iris-canary.rollout\n  rolloutctl apply --dry-run policies/\n\nExit codes: 0 applied (or nothing to change), 1 a policy has errors (nothing is applied),\n2 bad arguments, 5 the cluster refused."
+    )]
+    Apply(ApplyArgs),
     /// Show a rollout's phase, step, traffic, revisions, last decision, conditions and history
     Status(OperatorArgs),
     /// Pass the approval gate the rollout waits at
@@ -141,6 +152,55 @@ pub struct RunArgs {
     /// How long the Lease is valid without renewal, in seconds (renewed every third of it)
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
+}
+
+/// `controller`.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Reconcile ModelRollouts in this namespace only (repeatable; default: all namespaces)
+    #[arg(long = "namespace", short = 'n')]
+    pub namespaces: Vec<String>,
+    /// Where to serve /metrics, /healthz and /readyz
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
+    /// The namespace of the leader Lease (default: POD_NAMESPACE, else `rolloutctl-system`)
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// The leader Lease's name (one per shard of controllers)
+    #[arg(long, default_value = "rolloutctl-controller")]
+    pub leader_election_name: String,
+    /// This replica's identity (default: POD_NAME, else hostname and process id)
+    #[arg(long, env = "POD_NAME")]
+    pub holder: Option<String>,
+    /// How long the leader Lease is valid without renewal, in seconds
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Prometheus URL, overriding the policies'
+    #[arg(long, env = "ROLLOUTCTL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Policy files or directories of them
+    #[arg(required = true)]
+    pub policies: Vec<PathBuf>,
+    /// Show what would change; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig context
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// Output of `run`.

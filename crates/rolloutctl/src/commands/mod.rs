@@ -1,6 +1,8 @@
 //! One module per subcommand; each returns an [`Exit`].
 
+mod apply;
 mod completions;
+mod controller;
 mod crd;
 mod demo;
 mod explain;
@@ -82,7 +84,16 @@ pub async fn connect(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> Result<kube::Client, Exit> {
-    rollout_runner::client(kubeconfig, context)
+    connect_as(kubeconfig, context, "rolloutctl").await
+}
+
+/// [`connect`] with this command's `User-Agent` (`rolloutctl-controller`, ...).
+pub async fn connect_as(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    agent: &str,
+) -> Result<kube::Client, Exit> {
+    rollout_runner::client_as(kubeconfig, context, agent)
         .await
         .map_err(|e| {
             eprintln!("error: cannot connect to Kubernetes: {e}");
@@ -101,6 +112,8 @@ pub fn run(cli: Cli) -> Exit {
         Command::Test(a) => test::run(&a),
         Command::Sandbox(a) => sandbox::run(&a),
         Command::Run(a) => run::run(&a),
+        Command::Controller(a) => controller::run(&a),
+        Command::Apply(a) => apply::run(&a),
         Command::Export(a) => export::run(&a),
         Command::Replay(a) => replay::run(&a),
         Command::Demo(a) => demo::run(&a),

@@ -103,6 +103,11 @@ pub async fn world(rps: f64) -> World {
 }
 
 pub fn isvc_obj(uri: &str, canary: Option<u8>, annotations: Value) -> Value {
+    isvc_named("sklearn-iris", uri, canary, annotations)
+}
+
+/// The InferenceService `name` in kserve-test.
+pub fn isvc_named(name: &str, uri: &str, canary: Option<u8>, annotations: Value) -> Value {
     let mut predictor = json!({"model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri}});
     if let Some(p) = canary {
         predictor["canaryTrafficPercent"] = json!(p);
@@ -114,45 +119,78 @@ pub fn isvc_obj(uri: &str, canary: Option<u8>, annotations: Value) -> Value {
         }
     }
     json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-           "metadata": {"name": "sklearn-iris", "namespace": "kserve-test", "annotations": ann},
+           "metadata": {"name": name, "namespace": "kserve-test", "annotations": ann},
            "spec": {"predictor": predictor}})
 }
 
 impl World {
     pub async fn apply(&self, obj: Value) {
+        self.apply_to("sklearn-iris", obj).await;
+    }
+
+    /// Server-side applies the InferenceService `name`.
+    pub async fn apply_to(&self, name: &str, obj: Value) {
         self.isvc
             .api
-            .patch(
-                "sklearn-iris",
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(obj),
-            )
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(obj))
             .await
             .expect("apply");
     }
 
     pub async fn wait_settled(&self, pct: u8) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_settled_of("sklearn-iris", pct).await;
+    }
+
+    /// Waits until the InferenceService `name` is ready with the canary at `pct`.
+    pub async fn wait_settled_of(&self, name: &str, pct: u8) {
+        let target = Isvc::new(self.client.clone(), "kserve-test", name);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(o) = self.isvc.get().await {
+            if let Ok(o) = target.get().await {
                 let c = isvc::observe(&o, "predictor");
                 if c.ready && c.observed && c.canary_percent == pct {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "not settled at {pct}%");
+            assert!(Instant::now() < deadline, "{name} not settled at {pct}%");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// v1 rolled out, v2 at 10%, and Prometheus has seen both for a few seconds.
     pub async fn canary(&self, v2_annotations: Value) {
-        self.apply(isvc_obj("gs://m/1", None, json!({}))).await;
-        self.wait_settled(100).await;
-        self.apply(isvc_obj("gs://m/2", Some(10), v2_annotations))
+        self.canary_of("sklearn-iris", v2_annotations).await;
+    }
+
+    /// [`World::canary`] for the InferenceService `name`.
+    pub async fn canary_of(&self, name: &str, v2_annotations: Value) {
+        self.apply_to(name, isvc_named(name, "gs://m/1", None, json!({})))
             .await;
-        self.wait_settled(10).await;
+        self.wait_settled_of(name, 100).await;
+        self.apply_to(name, isvc_named(name, "gs://m/2", Some(10), v2_annotations))
+            .await;
+        self.wait_settled_of(name, 10).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    /// `rolloutctl controller` on this sandbox (leader Lease in kserve-test, metrics on a free
+    /// loopback port, printed on standard error).
+    pub fn controller(&self, holder: &str, extra: &[&str]) -> Runner {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rolloutctl"));
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(&self.sandbox.kubeconfig)
+            .arg("--prometheus-url")
+            .arg(&self.prom)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--leader-election-namespace", "kserve-test"])
+            .args(["--holder", holder])
+            .args(extra)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Runner::spawn(cmd)
     }
 
     pub fn policy_file(&self, text: &str) -> PathBuf {
@@ -232,8 +270,34 @@ impl World {
 
     /// The ModelRollout.
     pub async fn rollout(&self) -> ModelRollout {
+        self.rollout_of("sklearn-iris").await
+    }
+
+    /// The ModelRollout `name`.
+    pub async fn rollout_of(&self, name: &str) -> ModelRollout {
         let api: Api<ModelRollout> = Api::namespaced(self.client.clone(), "kserve-test");
-        api.get("sklearn-iris").await.expect("ModelRollout")
+        api.get(name).await.expect("ModelRollout")
+    }
+
+    /// Waits until the ModelRollout `name` is in `phase`.
+    pub async fn until_phase(&self, name: &str, phase: &str, secs: u64) {
+        let api: Api<ModelRollout> = Api::namespaced(self.client.clone(), "kserve-test");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now = api.get_opt(name).await.ok().flatten();
+            let got = now
+                .as_ref()
+                .and_then(|m| m.status.as_ref())
+                .and_then(|s| s.phase.clone());
+            if got.as_deref() == Some(phase) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not {phase} within {secs}s (now {got:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Client writes to the InferenceService so far.
@@ -244,6 +308,12 @@ impl World {
 
     /// Records every `canaryTrafficPercent` the InferenceService is given, until dropped.
     pub fn record_traffic(&self) -> TrafficLog {
+        self.record_traffic_of("sklearn-iris")
+    }
+
+    /// [`World::record_traffic`] for the InferenceService `name`.
+    pub fn record_traffic_of(&self, name: &str) -> TrafficLog {
+        let name = name.to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let app = self.sandbox.app().clone();
         let s2 = seen.clone();
@@ -254,7 +324,7 @@ impl World {
                     .get(&rollout_sandbox::store::Key::new(
                         ids::ISVC,
                         "kserve-test",
-                        "sklearn-iris",
+                        &name,
                     ))
                     .ok()
                     .and_then(|o| o["spec"]["predictor"]["canaryTrafficPercent"].as_i64());
