@@ -171,6 +171,16 @@ impl Registry {
         let mut ev = ResourceType::builtin("events.k8s.io", "v1", "events", "Event", true);
         ev.short_names = vec!["ev".into()];
         r.add(ev);
+        // Stored and served as the API server does; nothing runs them (no kubelet, no
+        // kube-proxy): enough for `kubectl apply -k deploy/`.
+        let mut svc = ResourceType::builtin("", "v1", "services", "Service", true);
+        svc.short_names = vec!["svc".into()];
+        r.add(svc);
+        let mut deploy = ResourceType::builtin("apps", "v1", "deployments", "Deployment", true);
+        deploy.short_names = vec!["deploy".into()];
+        deploy.status_subresource = true;
+        deploy.generation = true;
+        r.add(deploy);
         let mut lease = ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true);
         lease.columns = vec![
             Column::new("Holder", "string", ".spec.holderIdentity"),

@@ -5,6 +5,7 @@ mod controller;
 mod evidence;
 mod fencing;
 mod operators;
+mod packaging;
 mod rollouts;
 mod safety;
 mod world;
