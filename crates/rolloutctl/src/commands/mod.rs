@@ -4,6 +4,7 @@ mod apply;
 mod completions;
 mod controller;
 mod crd;
+#[cfg(feature = "sandbox")]
 mod demo;
 mod explain;
 mod export;
@@ -13,6 +14,7 @@ mod operator;
 mod plan;
 mod replay;
 mod run;
+#[cfg(feature = "sandbox")]
 mod sandbox;
 mod simulate;
 mod test;
@@ -110,12 +112,21 @@ pub fn run(cli: Cli) -> Exit {
         Command::Plan(a) => plan::run(&a),
         Command::Simulate(a) => simulate::run(&a),
         Command::Test(a) => test::run(&a),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(a) => sandbox::run(&a),
+        #[cfg(not(feature = "sandbox"))]
+        Command::Sandbox(_) | Command::Demo(_) => {
+            eprintln!(
+                "error: this rolloutctl was built without the sandbox (cargo feature `sandbox`); `sandbox` and `demo` need a developer build"
+            );
+            Exit::Usage
+        }
         Command::Run(a) => run::run(&a),
         Command::Controller(a) => controller::run(&a),
         Command::Apply(a) => apply::run(&a),
         Command::Export(a) => export::run(&a),
         Command::Replay(a) => replay::run(&a),
+        #[cfg(feature = "sandbox")]
         Command::Demo(a) => demo::run(&a),
         Command::Status(a) => operator::run(OperatorVerb::Status, &a, None, 0),
         Command::Approve(a) => operator::run(OperatorVerb::Approve, &a.target, a.step, 0),
