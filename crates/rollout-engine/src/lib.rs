@@ -21,7 +21,6 @@
 //! ```
 
 mod eval;
-pub mod export;
 mod machine;
 pub mod plan;
 pub mod policytest;

@@ -1,4 +1,4 @@
-use rollout_engine::export::{self, Revisions};
+use rollout_export::{self as export, Revisions};
 
 use super::Exit;
 use crate::cli::{ExportArgs, ExportWhat, RulesFormat};
@@ -26,7 +26,7 @@ pub fn run(args: &ExportArgs) -> Exit {
                 RulesFormat::PrometheusRule => export::prometheus_rule(p, &revs),
                 RulesFormat::RuleFile => export::rule_groups(p, &revs),
             };
-            match export::to_yaml(&doc) {
+            match rollout_engine::yaml::to_string_of(&doc) {
                 Ok(y) => y,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -1,5 +1,8 @@
 //! Policies as Prometheus alerting rules and Grafana dashboards, so alerts, dashboards and the
 //! runner can never disagree: they are all generated from the same checked policy.
+//!
+//! This crate's one job is that translation (JSON values; `rolloutctl export` writes them as
+//! YAML through the engine's one YAML module). It does no IO and decides nothing.
 
 use std::time::Duration;
 
@@ -200,11 +203,6 @@ pub fn prometheus_rule(p: &Policy, revs: &Revisions) -> Value {
                      "labels": {"app.kubernetes.io/managed-by": "rolloutctl"}},
         "spec": rule_groups(p, revs),
     })
-}
-
-/// YAML text of a value (the one place YAML is written is `crate::yaml`).
-pub fn to_yaml(v: &Value) -> Result<String, String> {
-    crate::yaml::to_string_of(v)
 }
 
 /// A Grafana dashboard: per metric a time series with canary, stable and the thresholds of the
