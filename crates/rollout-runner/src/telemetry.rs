@@ -22,7 +22,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use rollout_engine::{Decision, Verdict};
+use rollout_engine::Decision;
 
 /// A rollout's identity in the per-rollout series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -220,7 +220,7 @@ impl Telemetry {
                 self.decisions
                     .get_or_create(&DecisionLabels {
                         rule: r.rule.clone(),
-                        verdict: verdict_name(r.verdict).into(),
+                        verdict: crate::status::verdict_name(r.verdict).into(),
                     })
                     .inc();
             }
@@ -298,17 +298,6 @@ impl Telemetry {
     /// A rollout was reconciled `secs` after it was due.
     pub fn delay(&self, secs: f64) {
         self.evaluation_delay.observe(secs.max(0.0));
-    }
-}
-
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "fail",
-        Verdict::Inconclusive => "inconclusive",
-        Verdict::NoData => "no_data",
-        Verdict::StaleData => "stale_data",
-        Verdict::QueryError => "query_error",
     }
 }
 

@@ -57,78 +57,74 @@ pub fn run(args: &ApplyArgs) -> Exit {
         );
         return Exit::Problems;
     }
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return e,
-    };
-    rt.block_on(async {
-        let client = match super::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await
-        {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let mut exit = Exit::Ok;
-        for (path, policy, text) in &checked {
-            let (ns, name) = (&policy.target.namespace, &policy.target.name);
-            let owner = match Isvc::new(client.clone(), ns, name).get().await {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!(
-                        "error: {}: cannot read InferenceService {ns}/{name}: {e}",
-                        path.display()
-                    );
-                    exit = Exit::Failed;
+    super::on_cluster(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        "rolloutctl",
+        async |client| {
+            let mut exit = Exit::Ok;
+            for (path, policy, text) in &checked {
+                let (ns, name) = (&policy.target.namespace, &policy.target.name);
+                let owner = match Isvc::new(client.clone(), ns, name).get().await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!(
+                            "error: {}: cannot read InferenceService {ns}/{name}: {e}",
+                            path.display()
+                        );
+                        exit = Exit::Failed;
+                        continue;
+                    }
+                };
+                let api: Api<ModelRollout> = Api::namespaced(client.clone(), ns);
+                let before = match api.get_opt(name).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        eprintln!("error: cannot read ModelRollout {ns}/{name}: {e}");
+                        exit = Exit::Failed;
+                        continue;
+                    }
+                };
+                let what = match &before {
+                    None => "created",
+                    Some(b) if b.spec.policy == *text => "unchanged",
+                    Some(_) => "configured",
+                };
+                if args.dry_run {
+                    println!("modelrollout {ns}/{name} {what} (dry run)");
+                    if let Some(b) = &before {
+                        print!("{}", diff(&b.spec.policy, text));
+                    }
                     continue;
                 }
-            };
-            let api: Api<ModelRollout> = Api::namespaced(client.clone(), ns);
-            let before = match api.get_opt(name).await {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: cannot read ModelRollout {ns}/{name}: {e}");
-                    exit = Exit::Failed;
+                if what == "unchanged" {
+                    println!("modelrollout {ns}/{name} unchanged");
                     continue;
                 }
-            };
-            let what = match &before {
-                None => "created",
-                Some(b) if b.spec.policy == *text => "unchanged",
-                Some(_) => "configured",
-            };
-            if args.dry_run {
-                println!("modelrollout {ns}/{name} {what} (dry run)");
-                if let Some(b) = &before {
-                    print!("{}", diff(&b.spec.policy, text));
-                }
-                continue;
-            }
-            if what == "unchanged" {
-                println!("modelrollout {ns}/{name} unchanged");
-                continue;
-            }
-            let desired = rollout_runner::run::desired(policy, text, &owner);
-            match api
-                .patch(
-                    name,
-                    &PatchParams::apply(APPLY_MANAGER).force(),
-                    &Patch::Apply(desired),
-                )
-                .await
-            {
-                Ok(mr) => println!("modelrollout {}/{} {what}", ns, mr.name_any()),
-                Err(e) => {
-                    let hint = if rollout_runner::isvc::not_found(&e) {
-                        " (is the ModelRollout CRD installed? `kubectl apply -f deploy/crd.yaml`)"
-                    } else {
-                        ""
-                    };
-                    eprintln!("error: cannot apply ModelRollout {ns}/{name}: {e}{hint}");
-                    exit = Exit::Failed;
+                let desired = rollout_runner::run::desired(policy, text, &owner);
+                match api
+                    .patch(
+                        name,
+                        &PatchParams::apply(APPLY_MANAGER).force(),
+                        &Patch::Apply(desired),
+                    )
+                    .await
+                {
+                    Ok(mr) => println!("modelrollout {}/{} {what}", ns, mr.name_any()),
+                    Err(e) => {
+                        let hint = if rollout_runner::isvc::not_found(&e) {
+                            " (is the ModelRollout CRD installed? `kubectl apply -f deploy/crd.yaml`)"
+                        } else {
+                            ""
+                        };
+                        eprintln!("error: cannot apply ModelRollout {ns}/{name}: {e}{hint}");
+                        exit = Exit::Failed;
+                    }
                 }
             }
-        }
-        exit
-    })
+            exit
+        },
+    )
 }
 
 /// The lines that differ between two texts, as `-`/`+` lines around their common start and end.

@@ -15,81 +15,74 @@ use super::Exit;
 use crate::cli::ControllerArgs;
 
 pub fn run(args: &ControllerArgs) -> Exit {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return e,
-    };
-    rt.block_on(async {
-        let client = match super::connect_as(
-            args.kubeconfig.as_deref(),
-            args.context.as_deref(),
-            "rolloutctl-controller",
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let telemetry = Arc::new(Telemetry::new());
-        let health = Arc::new(Health::default());
-        let listener = match tokio::net::TcpListener::bind(&args.metrics_addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot listen on {}: {e}", args.metrics_addr);
-                return Exit::Usage;
-            }
-        };
-        if let Ok(a) = listener.local_addr() {
-            eprintln!("serving /metrics, /healthz and /readyz on http://{a}");
-        }
-        let server = tokio::spawn(serve(listener, telemetry.clone(), health.clone()));
-        let cfg = FleetConfig {
-            namespaces: args.namespaces.clone(),
-            leader_namespace: args
-                .leader_election_namespace
-                .clone()
-                .unwrap_or_else(|| "rolloutctl-system".into()),
-            leader_lease: args.leader_election_name.clone(),
-            holder: args
-                .holder
-                .clone()
-                .unwrap_or_else(super::run::default_holder),
-            lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
-            prometheus_url: args.prometheus_url.clone(),
-            telemetry,
-            health,
-            on_decision: Box::new(|key, d| {
-                let mut v = serde_json::to_value(d).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("rollout".into(), key.into());
+    super::on_cluster(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        "rolloutctl-controller",
+        async |client| {
+            let telemetry = Arc::new(Telemetry::new());
+            let health = Arc::new(Health::default());
+            let listener = match tokio::net::TcpListener::bind(&args.metrics_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen on {}: {e}", args.metrics_addr);
+                    return Exit::Usage;
                 }
-                println!("{v}");
-            }),
-        };
-        let end = fleet::run(client, cfg).await;
-        server.abort();
-        match end {
-            FleetEnd::Interrupted(sig) => {
-                eprintln!(
-                    "stopped by {}: the leader Lease is released; a standby replica takes over",
-                    if sig == 15 { "SIGTERM" } else { "SIGINT" }
-                );
-                if sig == 15 {
-                    Exit::Terminated
-                } else {
-                    Exit::Interrupted
+            };
+            if let Ok(a) = listener.local_addr() {
+                eprintln!("serving /metrics, /healthz and /readyz on http://{a}");
+            }
+            let server = tokio::spawn(serve(listener, telemetry.clone(), health.clone()));
+            let cfg = FleetConfig {
+                namespaces: args.namespaces.clone(),
+                leader_namespace: args
+                    .leader_election_namespace
+                    .clone()
+                    .unwrap_or_else(|| "rolloutctl-system".into()),
+                leader_lease: args.leader_election_name.clone(),
+                holder: args
+                    .holder
+                    .clone()
+                    .unwrap_or_else(super::run::default_holder),
+                lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
+                prometheus_url: args.prometheus_url.clone(),
+                telemetry,
+                health,
+                on_decision: Box::new(|key, d| {
+                    let mut v = serde_json::to_value(d).unwrap_or_default();
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("rollout".into(), key.into());
+                    }
+                    println!("{v}");
+                }),
+            };
+            let end = fleet::run(client, cfg).await;
+            server.abort();
+            match end {
+                FleetEnd::Interrupted(sig) => {
+                    eprintln!(
+                        "stopped by {}: the leader Lease is released; a standby replica takes over",
+                        if sig == 15 { "SIGTERM" } else { "SIGINT" }
+                    );
+                    if sig == 15 {
+                        Exit::Terminated
+                    } else {
+                        Exit::Interrupted
+                    }
+                }
+                FleetEnd::LostLeadership(to) => {
+                    eprintln!(
+                        "error: lost the leader Lease to {to}; stopping (restart to stand by)"
+                    );
+                    Exit::Failed
+                }
+                FleetEnd::Failed(why) => {
+                    eprintln!("error: {why}");
+                    Exit::Failed
                 }
             }
-            FleetEnd::LostLeadership(to) => {
-                eprintln!("error: lost the leader Lease to {to}; stopping (restart to stand by)");
-                Exit::Failed
-            }
-            FleetEnd::Failed(why) => {
-                eprintln!("error: {why}");
-                Exit::Failed
-            }
-        }
-    })
+        },
+    )
 }
 
 async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>, health: Arc<Health>) {

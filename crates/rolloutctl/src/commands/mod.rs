@@ -80,16 +80,8 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
         })
 }
 
-/// A Kubernetes client for the commands that talk to a cluster; prints why not and returns
-/// `Err(Exit::Failed)` when it cannot connect.
-pub async fn connect(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> Result<kube::Client, Exit> {
-    connect_as(kubeconfig, context, "rolloutctl").await
-}
-
-/// [`connect`] with this command's `User-Agent` (`rolloutctl-controller`, ...).
+/// A Kubernetes client for the commands that talk to a cluster, with this command's
+/// `User-Agent`; prints why not and returns `Err(Exit::Failed)` when it cannot connect.
 pub async fn connect_as(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
@@ -101,6 +93,26 @@ pub async fn connect_as(
             eprintln!("error: cannot connect to Kubernetes: {e}");
             Exit::Failed
         })
+}
+
+/// Runs `f` with a Kubernetes client (sending `User-Agent: <agent>/<version>`) on the commands'
+/// runtime: its exit status, or why it could not start.
+pub fn on_cluster(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    agent: &str,
+    f: impl AsyncFnOnce(kube::Client) -> Exit,
+) -> Exit {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
+    };
+    rt.block_on(async {
+        match connect_as(kubeconfig, context, agent).await {
+            Ok(client) => f(client).await,
+            Err(e) => e,
+        }
+    })
 }
 
 /// Dispatches a parsed command line.

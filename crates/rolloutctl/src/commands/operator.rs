@@ -7,77 +7,93 @@ use super::Exit;
 use crate::cli::{OperatorArgs, OperatorVerb};
 
 pub fn run(verb: OperatorVerb, args: &OperatorArgs, step: Option<u32>, timeout_s: u64) -> Exit {
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return e,
-    };
-    rt.block_on(async {
-        let client = match super::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await
-        {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let ns = match &args.namespace {
-            Some(n) => n.clone(),
-            None => client.default_namespace().to_string(),
-        };
-        let name = args.name.as_str();
-        let v = match verb {
-            OperatorVerb::Status => return status(&client, &ns, name).await,
-            OperatorVerb::Approve => Verb::Approve(step),
-            OperatorVerb::Pause => Verb::Pause,
-            OperatorVerb::Resume => Verb::Resume,
-            OperatorVerb::Abort => Verb::Abort,
-            OperatorVerb::Promote => Verb::Promote,
-            OperatorVerb::Retry => Verb::Retry,
-        };
-        let said = match operate::send(&client, &ns, name, v).await {
-            Ok((_, said)) => said,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Exit::Failed;
-            }
-        };
-        let holder = match operate::report(&client, &ns, name).await {
-            Ok(r) => r.holder,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Exit::Failed;
-            }
-        };
-        match (&holder, v) {
-            (Some(h), _) => {
-                println!("{said}: written to ModelRollout {ns}/{name}; the runner holding its Lease ({h}) acts on it now");
-                Exit::Ok
-            }
-            (None, Verb::Abort) => {
-                println!("{said}: written to ModelRollout {ns}/{name}; no runner holds its Lease, so rolloutctl rolls back itself");
-                let holder = format!("{}-abort", super::run::default_holder());
-                match operate::abort_without_runner(&client, &ns, name, &holder, None, Duration::from_secs(timeout_s.max(1))).await {
-                    Ok(End::Finished(o, msg)) => {
-                        println!("rolled back by this command: {msg} (recorded as {} in the ModelRollout's status)", o.as_str());
-                        Exit::Ok
-                    }
-                    Ok(End::Stopped(msg) | End::TargetGone(msg)) => {
-                        eprintln!("error: {msg}");
-                        Exit::Failed
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        Exit::Failed
+    super::on_cluster(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        "rolloutctl",
+        async |client| {
+            let ns = match &args.namespace {
+                Some(n) => n.clone(),
+                None => client.default_namespace().to_string(),
+            };
+            let name = args.name.as_str();
+            let v = match verb {
+                OperatorVerb::Status => return status(&client, &ns, name).await,
+                OperatorVerb::Approve => Verb::Approve(step),
+                OperatorVerb::Pause => Verb::Pause,
+                OperatorVerb::Resume => Verb::Resume,
+                OperatorVerb::Abort => Verb::Abort,
+                OperatorVerb::Promote => Verb::Promote,
+                OperatorVerb::Retry => Verb::Retry,
+            };
+            let said = match operate::send(&client, &ns, name, v).await {
+                Ok((_, said)) => said,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Failed;
+                }
+            };
+            let holder = match operate::report(&client, &ns, name).await {
+                Ok(r) => r.holder,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Failed;
+                }
+            };
+            match (&holder, v) {
+                (Some(h), _) => {
+                    println!(
+                        "{said}: written to ModelRollout {ns}/{name}; the runner holding its Lease ({h}) acts on it now"
+                    );
+                    Exit::Ok
+                }
+                (None, Verb::Abort) => {
+                    println!(
+                        "{said}: written to ModelRollout {ns}/{name}; no runner holds its Lease, so rolloutctl rolls back itself"
+                    );
+                    let holder = format!("{}-abort", super::run::default_holder());
+                    match operate::abort_without_runner(
+                        &client,
+                        &ns,
+                        name,
+                        &holder,
+                        None,
+                        Duration::from_secs(timeout_s.max(1)),
+                    )
+                    .await
+                    {
+                        Ok(End::Finished(o, msg)) => {
+                            println!(
+                                "rolled back by this command: {msg} (recorded as {} in the ModelRollout's status)",
+                                o.as_str()
+                            );
+                            Exit::Ok
+                        }
+                        Ok(End::Stopped(msg) | End::TargetGone(msg)) => {
+                            eprintln!("error: {msg}");
+                            Exit::Failed
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            Exit::Failed
+                        }
                     }
                 }
+                (None, Verb::Retry) => {
+                    println!(
+                        "{said}: written to ModelRollout {ns}/{name}; the next `rolloutctl run` rolls it out"
+                    );
+                    Exit::Ok
+                }
+                (None, _) => {
+                    println!(
+                        "{said}: written to ModelRollout {ns}/{name}; no runner holds its Lease, so it takes effect when `rolloutctl run` (or a controller) drives the rollout"
+                    );
+                    Exit::Ok
+                }
             }
-            (None, Verb::Retry) => {
-                println!("{said}: written to ModelRollout {ns}/{name}; the next `rolloutctl run` rolls it out");
-                Exit::Ok
-            }
-            (None, _) => {
-                println!("{said}: written to ModelRollout {ns}/{name}; no runner holds its Lease, so it takes effect when `rolloutctl run` (or a controller) drives the rollout");
-                Exit::Ok
-            }
-        }
-    })
+        },
+    )
 }
 
 async fn status(client: &kube::Client, ns: &str, name: &str) -> Exit {

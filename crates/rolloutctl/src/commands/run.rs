@@ -11,29 +11,25 @@ pub fn run(args: &RunArgs) -> Exit {
         Ok(m) => m,
         Err(e) => return e,
     };
-    let rt = match super::runtime() {
-        Ok(rt) => rt,
-        Err(e) => return e,
-    };
-    rt.block_on(async {
-        let client = match super::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await
-        {
-            Ok(c) => c,
-            Err(e) => return e,
-        };
-        let cfg = RunConfig {
-            text,
-            policy: machine.policy().clone(),
-            prometheus_url: args.prometheus_url.clone(),
-            dry_run: args.dry_run,
-            holder: args.holder.clone().unwrap_or_else(default_holder),
-            wait_for_lease: args.wait,
-            lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
-            on_decision: live::sink(args.output),
-        };
-        let end = rollout_runner::run::run(client, cfg).await;
-        finish(&end)
-    })
+    super::on_cluster(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        "rolloutctl-run",
+        async |client| {
+            let cfg = RunConfig {
+                text,
+                policy: machine.policy().clone(),
+                prometheus_url: args.prometheus_url.clone(),
+                dry_run: args.dry_run,
+                holder: args.holder.clone().unwrap_or_else(default_holder),
+                wait_for_lease: args.wait,
+                lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
+                on_decision: live::sink(args.output),
+            };
+            let end = rollout_runner::run::run(client, cfg).await;
+            finish(&end)
+        },
+    )
 }
 
 /// Prints how a run ended and returns its exit status.
