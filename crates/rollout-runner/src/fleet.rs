@@ -481,6 +481,7 @@ async fn lead(
             ns => Api::namespaced_with(client.clone(), ns, &isvc::resource()),
         };
         let lease_api: Api<Lease> = scoped(&client, ns);
+        let leader = (leader_namespace.to_string(), leader_lease.to_string());
         Controller::new(mrs, watcher::Config::default())
             // A ModelRollout is named after its InferenceService.
             .watches_with(isvcs, isvc::resource(), watcher::Config::default(), |o| {
@@ -490,9 +491,16 @@ async fn lead(
             .watches(
                 lease_api,
                 watcher::Config::default().labels(&managed),
-                |l| {
+                move |l| {
+                    let ns = l.namespace()?;
+                    // The leader Lease's renewals are not a rollout's.
+                    if (ns.as_str(), l.name_any().as_str())
+                        == (leader.0.as_str(), leader.1.as_str())
+                    {
+                        return None;
+                    }
                     let name = lease::rollout_of(&l.name_any())?.to_string();
-                    Some(ObjectRef::<ModelRollout>::new(&name).within(&l.namespace()?))
+                    Some(ObjectRef::<ModelRollout>::new(&name).within(&ns))
                 },
             )
             .run(reconcile_fleet, error_fleet, fleet.clone())

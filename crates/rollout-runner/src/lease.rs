@@ -341,3 +341,43 @@ impl LeaseHandle {
         self.lock.release().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delegated_holder_names_its_leader_lease_and_nothing_else_is_delegated() {
+        let h = delegated_holder("rolloutctl-system", "rolloutctl-controller");
+        assert_eq!(
+            delegation(&h),
+            Some(("rolloutctl-system", "rolloutctl-controller"))
+        );
+        assert_eq!(delegation("host-123"), None);
+        assert_eq!(delegation("controller:no-slash"), None);
+        assert_eq!(
+            rollout_of(&lease_name("sklearn-iris")),
+            Some("sklearn-iris")
+        );
+        assert_eq!(rollout_of("kube-scheduler"), None);
+    }
+
+    #[test]
+    fn a_lease_is_live_until_its_duration_has_passed_to_the_millisecond() {
+        let lease = |age_ms: i64| Lease {
+            metadata: Default::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: Some("a".into()),
+                lease_duration_seconds: Some(4),
+                renew_time: Some(MicroTime(
+                    k8s_openapi::jiff::Timestamp::now()
+                        - k8s_openapi::jiff::SignedDuration::from_millis(age_ms),
+                )),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(live_holder(&lease(3_000)), Some("a".into()));
+        // 4.6 s old: whole seconds would still call it live.
+        assert_eq!(live_holder(&lease(4_600)), None);
+    }
+}
