@@ -19,9 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, DynamicObject, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -30,7 +29,7 @@ use rollout_api::ModelRollout;
 
 use crate::context::{Context, Sink};
 use crate::error::Error;
-use crate::isvc::{self, conflict};
+use crate::isvc;
 use crate::lease::{self, LeaseHandle, LeaseLock, LeaseResult, MANAGED_BY};
 use crate::signals::Signals;
 use crate::telemetry::{InfoLabels, RolloutLabels, Telemetry};
@@ -170,69 +169,20 @@ impl Fleet {
                 return Ok(Claim::Elsewhere(who));
             }
         }
-        // The cache says someone else (or nobody): decide on the Lease as it is now.
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), &ns);
-        let what = || format!("Lease {ns}/{name}");
-        let current = api
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube(format!("reading {}", what()), e))?;
-        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let spec = |transitions: i32| LeaseSpec {
-            holder_identity: Some(self.delegated.clone()),
-            lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_secs()).unwrap_or(15),
-            ),
-            acquire_time: Some(now.clone()),
-            renew_time: Some(now.clone()),
-            lease_transitions: Some(transitions),
-            ..Default::default()
-        };
-        let written = match current {
-            None => {
-                let lease = Lease {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some([(MANAGED_BY.0.into(), MANAGED_BY.1.into())].into()),
-                        // Deleted with its ModelRollout.
-                        owner_references: mr.owner_ref(&()).map(|o| vec![o]),
-                        ..Default::default()
-                    },
-                    spec: Some(spec(0)),
-                };
-                api.create(&PostParams::default(), &lease).await
-            }
-            Some(l) => {
-                if holder_of(&l) == self.delegated {
-                    return Ok(Claim::Ours);
-                }
-                if let Some(who) = lease::driver(&self.client, &l)
-                    .await
-                    .map_err(|e| Error::kube(format!("reading the holder of {}", what()), e))?
-                {
-                    return Ok(Claim::Elsewhere(who));
-                }
-                let transitions = l
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.lease_transitions)
-                    .unwrap_or(0)
-                    .saturating_add(1);
-                let mut next = l.clone();
-                next.metadata
-                    .labels
-                    .get_or_insert_default()
-                    .insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-                next.spec = Some(spec(transitions));
-                api.replace(&name, &PostParams::default(), &next).await
-            }
-        };
-        match written {
-            Ok(_) => Ok(Claim::Taken),
-            // Another driver took it between the read and the write.
-            Err(e) if conflict(&e) => Ok(Claim::Elsewhere("a runner that just took it".into())),
-            Err(e) => Err(Error::kube(format!("taking {}", what()), e)),
+        // The cache says someone else (or nobody): take it as `run` does, with this
+        // controller's delegated identity (a Lease it creates goes with its ModelRollout).
+        let lock = LeaseLock::named(
+            self.client.clone(),
+            &ns,
+            &name,
+            &self.delegated,
+            self.lease_duration,
+        )
+        .owned_by(mr.owner_ref(&()));
+        match lock.acquire().await {
+            Ok(LeaseResult::Held(_)) => Ok(Claim::Taken),
+            Ok(LeaseResult::HeldBy(who)) => Ok(Claim::Elsewhere(who)),
+            Err(e) => Err(Error::kube(format!("taking Lease {ns}/{name}"), e)),
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -82,6 +82,8 @@ pub struct LeaseLock {
     pub holder: String,
     /// How long it is valid without renewal.
     pub duration: Duration,
+    /// The owner a Lease this lock creates gets (garbage-collected with it).
+    owner: Option<OwnerReference>,
 }
 
 impl std::fmt::Debug for LeaseLock {
@@ -143,7 +145,15 @@ impl LeaseLock {
             name: name.to_string(),
             holder: holder.to_string(),
             duration,
+            owner: None,
         }
+    }
+
+    /// A Lease this lock creates is owned by `owner` (deleted with it).
+    #[must_use]
+    pub fn owned_by(mut self, owner: Option<OwnerReference>) -> LeaseLock {
+        self.owner = owner;
+        self
     }
 
     /// Who drives the rollout by this Lease now, if anyone (see [`driver`]).
@@ -168,6 +178,7 @@ impl LeaseLock {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+                owner_references: self.owner.clone().map(|o| vec![o]),
                 ..Default::default()
             },
             spec: Some(spec.clone()),
