@@ -16,6 +16,7 @@ use rollout_policy::Policy;
 
 use crate::Millis;
 use crate::error::Error;
+use crate::fanout::Fanout;
 use crate::lease::LeaseHandle;
 use crate::metrics::Prom;
 use crate::telemetry::Telemetry;
@@ -75,6 +76,8 @@ pub struct Context {
     read_at: Mutex<HashMap<String, u64>>,
     /// Where query latencies and errors are counted (a controller's `/metrics`).
     pub(crate) telemetry: Option<Arc<Telemetry>>,
+    /// Queries shared among rollouts (a controller's); none: each rollout asks its own.
+    pub(crate) fanout: Option<Arc<Fanout>>,
 }
 
 /// The measurements of the last decision of a rollout.
@@ -126,7 +129,15 @@ impl Context {
             conflicts: Mutex::new(HashMap::new()),
             read_at: Mutex::new(HashMap::new()),
             telemetry: None,
+            fanout: None,
         }
+    }
+
+    /// Shares queries among the rollouts of this context ([`Fanout`]).
+    #[must_use]
+    pub fn with_fanout(mut self, fanout: Arc<Fanout>) -> Context {
+        self.fanout = Some(fanout);
+        self
     }
 
     /// Counts Prometheus query latencies and errors in `telemetry`.

@@ -29,6 +29,7 @@ use rollout_api::ModelRollout;
 
 use crate::context::{Context, Sink};
 use crate::error::Error;
+use crate::fanout::Fanout;
 use crate::isvc;
 use crate::lease::{self, LeaseHandle, LeaseLock, LeaseResult, MANAGED_BY};
 use crate::signals::Signals;
@@ -52,6 +53,9 @@ pub struct FleetConfig {
     pub lease_duration: Duration,
     /// A Prometheus URL overriding the policies'.
     pub prometheus_url: Option<String>,
+    /// How long one shared query answers for every rollout asking it ([`crate::fanout`]);
+    /// zero: every rollout asks its own queries.
+    pub query_tick: Duration,
     /// Metrics of this process.
     pub telemetry: Arc<Telemetry>,
     /// Liveness and readiness of this process.
@@ -291,6 +295,7 @@ pub async fn run(client: Client, cfg: FleetConfig) -> FleetEnd {
         holder,
         lease_duration,
         prometheus_url,
+        query_tick,
         telemetry,
         health,
         on_decision,
@@ -335,7 +340,7 @@ pub async fn run(client: Client, cfg: FleetConfig) -> FleetEnd {
     telemetry.leader.set(1);
     tracing::info!(term, lease = %format!("{leader_namespace}/{leader_lease}"), "leading");
     let end = tokio::select! {
-        end = lead(client, namespaces, &leader_namespace, &leader_lease, &holder, &handle, prometheus_url, telemetry.clone(), health.clone(), on_decision) => end,
+        end = lead(client, namespaces, &leader_namespace, &leader_lease, &holder, &handle, (prometheus_url, query_tick), telemetry.clone(), health.clone(), on_decision) => end,
         s = signals.recv() => FleetEnd::Interrupted(s),
     };
     telemetry.leader.set(0);
@@ -354,7 +359,7 @@ async fn lead(
     leader_lease: &str,
     holder: &str,
     handle: &LeaseHandle,
-    prometheus_url: Option<String>,
+    (prometheus_url, query_tick): (Option<String>, Duration),
     telemetry: Arc<Telemetry>,
     health: Arc<Health>,
     mut on_decision: Sink,
@@ -377,17 +382,19 @@ async fn lead(
         }
         on_decision(key, d);
     });
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            holder,
-            prometheus_url,
-            false,
-            Some(handle.clone()),
-            sink,
-        )
-        .with_telemetry(telemetry.clone()),
-    );
+    let mut ctx = Context::new(
+        client.clone(),
+        holder,
+        prometheus_url,
+        false,
+        Some(handle.clone()),
+        sink,
+    )
+    .with_telemetry(telemetry.clone());
+    if !query_tick.is_zero() {
+        ctx = ctx.with_fanout(Arc::new(Fanout::new(query_tick)));
+    }
+    let ctx = Arc::new(ctx);
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     // The rolloutctl Leases, cached: a claim that is already ours costs no API call.
     let mut leases = HashMap::new();

@@ -10,6 +10,7 @@
 
 pub mod context;
 pub mod error;
+pub mod fanout;
 pub mod fleet;
 pub mod intents;
 pub mod isvc;
@@ -23,6 +24,7 @@ pub mod reconcile;
 pub mod replay;
 pub mod run;
 pub mod secret;
+pub mod share;
 pub mod signals;
 pub mod status;
 pub mod telemetry;

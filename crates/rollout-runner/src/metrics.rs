@@ -182,6 +182,9 @@ pub struct Prom {
     timeout: Duration,
     /// The base URL.
     pub url: String,
+    /// What tells two Prometheus clients apart: URL, where credentials come from, TLS settings
+    /// (no secret).
+    pub(crate) identity: String,
 }
 
 impl std::fmt::Debug for Prom {
@@ -217,11 +220,20 @@ impl Prom {
             Client::from(http, url).map_err(|e| format!("invalid Prometheus URL `{url}`: {e}"))?;
         // A credential that cannot be read or sent is an error now, naming the setting.
         credentials.header()?;
+        let identity = format!(
+            "{url}|{:?}|insecure={}|ca={:?}",
+            credentials.source,
+            tls.insecure,
+            tls.ca_pem
+                .as_ref()
+                .map(|p| (p.len(), p.iter().map(|b| u64::from(*b)).sum::<u64>()))
+        );
         Ok(Prom {
             client,
             credentials: std::sync::Arc::new(credentials),
             timeout,
             url: url.to_string(),
+            identity,
         })
     }
 
@@ -295,7 +307,34 @@ impl Prom {
         }
     }
 
-    async fn instant(&self, promql: &str, now_ms: u64, at_ms: Option<u64>) -> Sample {
+    /// An instant query at `now_ms` that may return many series: each one's value of `label`
+    /// (none when the series lacks it) and its sample, judged as [`Prom::query`] judges one.
+    pub async fn query_series(
+        &self,
+        promql: &str,
+        label: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(Option<String>, Sample)>, String> {
+        let q = self.request(promql, Some(now_ms))?;
+        let res = q.post().await.map_err(|e| self.redact(&e.to_string()))?;
+        let Some(v) = res.data().as_vector() else {
+            return Err("the query did not return a vector".into());
+        };
+        Ok(v.iter()
+            .map(|one| {
+                (
+                    one.metric().get(label).cloned(),
+                    finite(one.sample().value(), one.sample().timestamp(), now_ms),
+                )
+            })
+            .collect())
+    }
+
+    fn request(
+        &self,
+        promql: &str,
+        at_ms: Option<u64>,
+    ) -> Result<prometheus_http_query::InstantQueryBuilder, String> {
         let mut q = self
             .client
             .query(promql)
@@ -303,11 +342,17 @@ impl Prom {
         if let Some(at) = at_ms {
             q = q.at((at / 1000) as i64);
         }
-        match self.credentials.header() {
-            Ok(Some(h)) => q = q.header(reqwest::header::AUTHORIZATION, h),
-            Ok(None) => {}
-            Err(message) => return Sample::Error { message },
+        if let Some(h) = self.credentials.header()? {
+            q = q.header(reqwest::header::AUTHORIZATION, h);
         }
+        Ok(q)
+    }
+
+    async fn instant(&self, promql: &str, now_ms: u64, at_ms: Option<u64>) -> Sample {
+        let q = match self.request(promql, at_ms) {
+            Ok(q) => q,
+            Err(message) => return Sample::Error { message },
+        };
         match q.post().await {
             Err(e) => Sample::Error {
                 message: self.redact(&e.to_string()),

@@ -27,10 +27,10 @@ pub use crate::context::{Context, End, Sink, error_policy};
 use crate::context::{Memo, truncate_bytes};
 use crate::error::Error;
 use crate::isvc::{self, Isvc};
-use crate::metrics;
 use crate::policy::{self, Edit};
 use crate::status::{self, CHECKPOINT_MS, View, set_condition};
 use crate::{intents, lifecycle, now_ms, preflight};
+use crate::{metrics, share};
 
 /// Reconciles one ModelRollout.
 pub async fn reconcile(mr: Arc<ModelRollout>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -776,11 +776,31 @@ async fn measure(
     let (canary, stable) = revisions;
     match ctx.prom(policy) {
         Ok(prom) => {
+            let max_age = ctx
+                .fanout
+                .as_ref()
+                .map(|f| f.max_age(policy.evaluation.interval));
             let queries = keys.iter().map(|k| {
-                let q = metrics::render(policy, k, canary, stable);
                 let prom = prom.clone();
                 let telemetry = ctx.telemetry.clone();
+                // Shared with other rollouts when the controller shares queries and the query
+                // keeps revisions apart; otherwise this rollout's own query.
+                let shared = ctx.fanout.as_ref().and_then(|f| {
+                    let rendered = metrics::render(policy, k, share::SENTINEL, share::SENTINEL)?;
+                    Some((f.clone(), f.plan(&rendered).ok()?))
+                });
+                let revision = if k.arm == rollout_policy::model::Arm::Canary {
+                    canary.clone()
+                } else {
+                    stable.clone()
+                };
+                let q = metrics::render(policy, k, canary, stable);
                 async move {
+                    if let (Some((fanout, plan)), Some(max_age)) = (shared, max_age) {
+                        return fanout
+                            .sample(&prom, &plan, &revision, now, max_age, telemetry.as_ref())
+                            .await;
+                    }
                     match q {
                         Some(q) => {
                             let started = std::time::Instant::now();

@@ -178,6 +178,10 @@ pub struct ControllerArgs {
     /// Prometheus URL, overriding the policies'
     #[arg(long, env = "ROLLOUTCTL_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// One shared Prometheus query answers every rollout asking it for this long, in
+    /// milliseconds (at most a tenth of a rollout's interval); 0: each rollout asks its own
+    #[arg(long, default_value_t = 1000)]
+    pub query_tick_ms: u64,
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

@@ -46,6 +46,7 @@ pub fn run(args: &ControllerArgs) -> Exit {
                     .unwrap_or_else(super::run::default_holder),
                 lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
                 prometheus_url: args.prometheus_url.clone(),
+                query_tick: Duration::from_millis(args.query_tick_ms.min(60_000)),
                 telemetry,
                 health,
                 on_decision: Box::new(|key, d| {

@@ -8,4 +8,5 @@ mod operators;
 mod packaging;
 mod rollouts;
 mod safety;
+mod sharing;
 mod world;
