@@ -14,12 +14,12 @@ pub const BUCKETS_MS: [f64; 23] = [
     500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 2000.0, 5000.0, 10000.0,
 ];
 
-/// Counters of one revision and response code.
+/// Counters of one revision and response code (fractional in the analytic mode).
 #[derive(Clone, Debug, Default)]
 struct Series {
-    count: u64,
+    count: f64,
     sum_ms: f64,
-    buckets: [u64; BUCKETS_MS.len()],
+    buckets: [f64; BUCKETS_MS.len()],
 }
 
 /// Where one revision's series live.
@@ -118,11 +118,49 @@ impl Metrics {
             .or_default()
             .entry(o.code)
             .or_default();
-        s.count += 1;
+        s.count += 1.0;
         s.sum_ms += o.latency_ms;
         for (i, b) in BUCKETS_MS.iter().enumerate() {
             if o.latency_ms <= *b {
-                s.buckets[i] += 1;
+                s.buckets[i] += 1.0;
+            }
+        }
+    }
+
+    /// Adds the expected outcome of `n` requests against `b`: `n × error_rate` 500s, the rest
+    /// 200s, each latency bucket by the log-normal [`sample`] draws from (same median and p95).
+    pub fn record_expected(&mut self, ns: &str, isvc: &str, revision: &str, b: &Behaviour, n: f64) {
+        if n <= 0.0 || !n.is_finite() {
+            return;
+        }
+        let mu = b.p50_ms.max(0.01).ln();
+        let sigma = (((b.p95_ms.max(b.p50_ms).max(0.01)).ln() - mu) / 1.644_853_626_951_472_2)
+            .max(0.0);
+        let cdf = |x: f64| {
+            if sigma == 0.0 {
+                return if x >= b.p50_ms.max(0.01) { 1.0 } else { 0.0 };
+            }
+            0.5 * (1.0 + erf((x.ln() - mu) / (sigma * std::f64::consts::SQRT_2)))
+        };
+        let mean = (mu + sigma * sigma / 2.0).exp();
+        let series = self
+            .series
+            .entry(RevKey {
+                ns: ns.into(),
+                isvc: isvc.into(),
+                revision: revision.into(),
+            })
+            .or_default();
+        let er = b.error_rate.clamp(0.0, 1.0);
+        for (code, m) in [(200u16, n * (1.0 - er)), (500, n * er)] {
+            if m <= 0.0 {
+                continue;
+            }
+            let s = series.entry(code).or_default();
+            s.count += m;
+            s.sum_ms += m * mean;
+            for (i, edge) in BUCKETS_MS.iter().enumerate() {
+                s.buckets[i] += m * cdf(*edge);
             }
         }
     }
@@ -193,9 +231,78 @@ impl Metrics {
     }
 }
 
+/// The error function (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7).
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t
+            + 0.254_829_592)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 { y } else { -y }
+}
+
 /// Escapes a label value for the text exposition format.
 pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(m: &Metrics, code: u16) -> Series {
+        m.series
+            .values()
+            .next()
+            .and_then(|c| c.get(&code))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn erf_matches_tabulated_values() {
+        for (x, want) in [(0.0, 0.0), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265)] {
+            assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
+            assert!((erf(-x) + want).abs() < 2e-7);
+        }
+    }
+
+    #[test]
+    fn the_analytic_counters_are_what_sampling_converges_to() {
+        let b = Behaviour {
+            error_rate: 0.1,
+            p50_ms: 40.0,
+            p95_ms: 120.0,
+        };
+        let mut sampled = Metrics::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let n = 200_000;
+        for _ in 0..n {
+            sampled.record("ns", "m", "r", sample(&mut rng, &b));
+        }
+        let mut expected = Metrics::default();
+        expected.record_expected("ns", "m", "r", &b, n as f64);
+        for code in [200, 500] {
+            let (s, e) = (counts(&sampled, code), counts(&expected, code));
+            assert!((s.count - e.count).abs() / e.count < 0.02, "{code}: {} vs {}", s.count, e.count);
+            for (i, edge) in BUCKETS_MS.iter().enumerate() {
+                let tol = 0.01 * e.count + 3.0 * s.buckets[i].sqrt();
+                assert!(
+                    (s.buckets[i] - e.buckets[i]).abs() <= tol,
+                    "{code} le={edge}: sampled {} expected {}",
+                    s.buckets[i],
+                    e.buckets[i]
+                );
+            }
+            assert!((s.sum_ms - e.sum_ms).abs() / e.sum_ms < 0.03, "{code} sum");
+        }
+        // The median and p95 sit where the behaviour puts them.
+        let ok = counts(&expected, 200);
+        let at = |ms: f64| ok.buckets[BUCKETS_MS.iter().position(|b| *b == ms).expect("edge")] / ok.count;
+        assert!((at(40.0) - 0.5).abs() < 1e-6, "{}", at(40.0));
+        assert!(at(100.0) < 0.95 && at(150.0) > 0.95);
+    }
 }

@@ -58,22 +58,23 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
     Ok((code, body))
 }
 
-/// The generated configuration: a 1 s scrape of the exporter.
-pub fn config(exporter: &str) -> String {
+/// The generated configuration: a scrape of the exporter every `scrape_s` seconds.
+pub fn config(exporter: &str, scrape_s: u64) -> String {
+    let s = scrape_s.max(1);
     format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: rolloutctl-sandbox\n    honor_labels: true\n    static_configs:\n      - targets: [\"{exporter}\"]\n"
+        "global:\n  scrape_interval: {s}s\n  scrape_timeout: {s}s\n  evaluation_interval: {s}s\nscrape_configs:\n  - job_name: rolloutctl-sandbox\n    honor_labels: true\n    static_configs:\n      - targets: [\"{exporter}\"]\n"
     )
 }
 
 impl Prometheus {
     /// Starts Prometheus if it is installed; waits until it is ready and has scraped the
     /// exporter. `Err` says why not.
-    pub async fn start(dir: &Path, exporter: &str) -> Result<Prometheus, String> {
+    pub async fn start(dir: &Path, exporter: &str, scrape_s: u64) -> Result<Prometheus, String> {
         let bin = which("prometheus")
             .ok_or_else(|| format!("Prometheus is not on PATH: {INSTALL_HINT}"))?;
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
         let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config(exporter)).map_err(|e| e.to_string())?;
+        std::fs::write(&config_path, config(exporter, scrape_s)).map_err(|e| e.to_string())?;
         let port = free_port().map_err(|e| e.to_string())?;
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join("prometheus.log")).map_err(|e| e.to_string())?;
@@ -96,7 +97,7 @@ impl Prometheus {
             url: format!("http://{addr}"),
             child: Some(child),
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30 + 2 * scrape_s);
         loop {
             // Ready, and the exporter scraped once: Prometheus's discovery manager hands new
             // targets to the scrape loop only every 5 s, so "ready" alone can mean no data yet.

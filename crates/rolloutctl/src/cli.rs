@@ -369,6 +369,13 @@ pub struct SandboxArgs {
     /// Do not start Prometheus
     #[arg(long)]
     pub no_prometheus: bool,
+    /// Count requests analytically (expected counts per revision each tick) instead of
+    /// simulating each one: for many InferenceServices at once
+    #[arg(long)]
+    pub analytic: bool,
+    /// Prometheus's scrape interval, in seconds
+    #[arg(long, default_value_t = 1)]
+    pub scrape_interval: u64,
     /// Where to write the kubeconfig and Prometheus data (default: a temporary directory)
     #[arg(long)]
     pub dir: Option<PathBuf>,

@@ -19,6 +19,13 @@ pub fn run(args: &SandboxArgs) -> Exit {
             prometheus: !args.no_prometheus,
             dir: args.dir.clone(),
             crds: vec![rollout_api::crd_json()],
+            analytic: args.analytic,
+            tick: if args.analytic {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100)
+            },
+            scrape_interval_s: args.scrape_interval.clamp(1, 60),
             ..Config::default()
         };
         let sandbox = match Sandbox::start(config).await {
