@@ -142,6 +142,8 @@ pub struct Shared {
     pub config: Config,
     /// The last resource requests, oldest first (at most [`REQUEST_LOG`]).
     pub requests: std::collections::VecDeque<Request>,
+    /// Every resource request so far, by (`User-Agent`, method): not bounded like the log.
+    pub request_counts: HashMap<(String, String), u64>,
     rng: fastrand::Rng,
 }
 
@@ -168,6 +170,10 @@ impl Shared {
         if self.requests.len() >= REQUEST_LOG {
             self.requests.pop_front();
         }
+        *self
+            .request_counts
+            .entry((agent.to_string(), method.to_string()))
+            .or_insert(0) += 1;
         self.requests.push_back(Request {
             at: std::time::Instant::now(),
             method: method.to_string(),
@@ -370,6 +376,7 @@ impl Sandbox {
             metrics: dataplane::Metrics::default(),
             faults: Faults::default(),
             requests: std::collections::VecDeque::new(),
+            request_counts: HashMap::new(),
             rng: fastrand::Rng::with_seed(config.seed),
             config: config.clone(),
         }));
@@ -485,6 +492,17 @@ impl Sandbox {
             .filter(|r| r.at >= t)
             .cloned()
             .collect()
+    }
+
+    /// How many resource requests with this method clients whose `User-Agent` starts with
+    /// `agent` made so far.
+    pub fn request_count(&self, agent: &str, method: &str) -> u64 {
+        lock(&self.app)
+            .request_counts
+            .iter()
+            .filter(|((a, m), _)| a.starts_with(agent) && m == method)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Resource requests failed by injected faults so far.
