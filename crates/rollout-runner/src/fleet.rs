@@ -53,6 +53,11 @@ pub struct FleetConfig {
     pub lease_duration: Duration,
     /// A Prometheus URL overriding the policies'.
     pub prometheus_url: Option<String>,
+    /// A client of its own for the leader Lease, so that its renewals never queue behind the
+    /// rollouts' requests (none: the main client).
+    pub lease_client: Option<Client>,
+    /// How many rollouts are reconciled at once (per namespace scope).
+    pub concurrency: u16,
     /// How long one shared query answers for every rollout asking it ([`crate::fanout`]);
     /// zero: every rollout asks its own queries.
     pub query_tick: Duration,
@@ -296,13 +301,15 @@ pub async fn run(client: Client, cfg: FleetConfig) -> FleetEnd {
         lease_duration,
         prometheus_url,
         query_tick,
+        lease_client,
+        concurrency,
         telemetry,
         health,
         on_decision,
     } = cfg;
     health.beat();
     let lock = LeaseLock::named(
-        client.clone(),
+        lease_client.unwrap_or_else(|| client.clone()),
         &leader_namespace,
         &leader_lease,
         &holder,
@@ -340,7 +347,7 @@ pub async fn run(client: Client, cfg: FleetConfig) -> FleetEnd {
     telemetry.leader.set(1);
     tracing::info!(term, lease = %format!("{leader_namespace}/{leader_lease}"), "leading");
     let end = tokio::select! {
-        end = lead(client, namespaces, &leader_namespace, &leader_lease, &holder, &handle, (prometheus_url, query_tick), telemetry.clone(), health.clone(), on_decision) => end,
+        end = lead(client, namespaces, &leader_namespace, &leader_lease, &holder, &handle, (prometheus_url, query_tick, concurrency), telemetry.clone(), health.clone(), on_decision) => end,
         s = signals.recv() => FleetEnd::Interrupted(s),
     };
     telemetry.leader.set(0);
@@ -359,7 +366,7 @@ async fn lead(
     leader_lease: &str,
     holder: &str,
     handle: &LeaseHandle,
-    (prometheus_url, query_tick): (Option<String>, Duration),
+    (prometheus_url, query_tick, concurrency): (Option<String>, Duration, u16),
     telemetry: Arc<Telemetry>,
     health: Arc<Health>,
     mut on_decision: Sink,
@@ -440,6 +447,11 @@ async fn lead(
         let lease_api: Api<Lease> = scoped(&client, ns);
         let leader = (leader_namespace.to_string(), leader_lease.to_string());
         Controller::new(mrs, watcher::Config::default())
+            // Bounded: a burst (a restart with thousands of rollouts due) queues here instead of
+            // flooding the API server and Prometheus.
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(concurrency.max(1)),
+            )
             // A ModelRollout is named after its InferenceService.
             .watches_with(isvcs, isvc::resource(), watcher::Config::default(), |o| {
                 Some(ObjectRef::<ModelRollout>::new(&o.name_any()).within(&o.namespace()?))

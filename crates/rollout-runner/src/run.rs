@@ -36,6 +36,17 @@ pub enum RunEnd {
     Interrupted(i32),
     /// The InferenceService (or its ModelRollout) was deleted.
     TargetGone(String),
+    /// The rolloutctl controller drives this rollout; nothing was written (the message says
+    /// how to follow or steer it).
+    DrivenByController(String),
+}
+
+/// Why the Lease was not taken.
+enum Refusal {
+    /// The controller drives the rollout.
+    Controller(String),
+    /// Anything else.
+    Other(String),
 }
 
 /// Settings of a run.
@@ -87,7 +98,7 @@ pub fn desired(policy: &Policy, text: &str, owner: &DynamicObject) -> serde_json
 }
 
 /// Takes the Lease (waiting if asked), then keeps it renewed.
-async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> {
+async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, Refusal> {
     loop {
         match lock.acquire().await {
             Ok(LeaseResult::Held(term)) => return Ok(lock.keep(term)),
@@ -96,19 +107,24 @@ async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, String> 
                 tokio::time::sleep(Duration::from_millis(1500 + fastrand::u64(..1000))).await;
             }
             Ok(LeaseResult::HeldBy(h)) if h.starts_with("the rolloutctl controller") => {
-                return Err(format!(
-                    "{h} drives this rollout (Lease {}); follow it with `rolloutctl status`, steer it with `pause`, `resume`, `approve` or `abort`, or apply a new policy with `rolloutctl apply`",
+                return Err(Refusal::Controller(format!(
+                    "{h} drives this rollout (Lease {}); follow it with `rolloutctl run --watch` or `rolloutctl status`, steer it with `pause`, `resume`, `approve` or `abort`, or apply a new policy with `rolloutctl apply`",
                     lock.name
-                ));
+                )));
             }
             Ok(LeaseResult::HeldBy(h)) => {
-                return Err(format!(
+                return Err(Refusal::Other(format!(
                     "another rolloutctl ({h}) is driving this rollout (Lease {}); stop it, or wait with `--wait`",
                     lock.name
-                ));
+                )));
             }
             Err(e) if isvc::transient(&e) => tokio::time::sleep(Duration::from_secs(1)).await,
-            Err(e) => return Err(format!("cannot take the Lease {}: {e}", lock.name)),
+            Err(e) => {
+                return Err(Refusal::Other(format!(
+                    "cannot take the Lease {}: {e}",
+                    lock.name
+                )));
+            }
         }
     }
 }
@@ -187,7 +203,8 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
     };
     let lease = match taken {
         Ok(l) => l,
-        Err(e) => return RunEnd::Refused(e),
+        Err(Refusal::Controller(why)) => return RunEnd::DrivenByController(why),
+        Err(Refusal::Other(why)) => return RunEnd::Refused(why),
     };
     // Then the ModelRollout: create or update its policy (server-side apply, forced: `run`
     // says which policy drives this rollout; intents set by others are left alone). Only the

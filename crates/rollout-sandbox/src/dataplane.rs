@@ -134,8 +134,8 @@ impl Metrics {
             return;
         }
         let mu = b.p50_ms.max(0.01).ln();
-        let sigma = (((b.p95_ms.max(b.p50_ms).max(0.01)).ln() - mu) / 1.644_853_626_951_472_2)
-            .max(0.0);
+        let sigma =
+            (((b.p95_ms.max(b.p50_ms).max(0.01)).ln() - mu) / 1.644_853_626_951_472_2).max(0.0);
         let cdf = |x: f64| {
             if sigma == 0.0 {
                 return if x >= b.p50_ms.max(0.01) { 1.0 } else { 0.0 };
@@ -264,7 +264,12 @@ mod tests {
 
     #[test]
     fn erf_matches_tabulated_values() {
-        for (x, want) in [(0.0, 0.0), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265)] {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (2.0, 0.995_322_265),
+        ] {
             assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
             assert!((erf(-x) + want).abs() < 2e-7);
         }
@@ -287,7 +292,12 @@ mod tests {
         expected.record_expected("ns", "m", "r", &b, n as f64);
         for code in [200, 500] {
             let (s, e) = (counts(&sampled, code), counts(&expected, code));
-            assert!((s.count - e.count).abs() / e.count < 0.02, "{code}: {} vs {}", s.count, e.count);
+            assert!(
+                (s.count - e.count).abs() / e.count < 0.02,
+                "{code}: {} vs {}",
+                s.count,
+                e.count
+            );
             for (i, edge) in BUCKETS_MS.iter().enumerate() {
                 let tol = 0.01 * e.count + 3.0 * s.buckets[i].sqrt();
                 assert!(
@@ -301,7 +311,9 @@ mod tests {
         }
         // The median and p95 sit where the behaviour puts them.
         let ok = counts(&expected, 200);
-        let at = |ms: f64| ok.buckets[BUCKETS_MS.iter().position(|b| *b == ms).expect("edge")] / ok.count;
+        let at = |ms: f64| {
+            ok.buckets[BUCKETS_MS.iter().position(|b| *b == ms).expect("edge")] / ok.count
+        };
         assert!((at(40.0) - 0.5).abs() < 1e-6, "{}", at(40.0));
         assert!(at(100.0) < 0.95 && at(150.0) > 0.95);
     }

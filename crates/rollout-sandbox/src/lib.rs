@@ -193,7 +193,7 @@ pub fn lock(app: &App) -> MutexGuard<'_, Shared> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs a write, then lets the controller reconcile every InferenceService.
+/// Runs a write, then lets the controllers reconcile what it concerns.
 pub fn write<T>(
     app: &App,
     f: impl FnOnce(&mut Shared) -> Result<T, ApiError>,
@@ -208,17 +208,54 @@ pub fn write_as<T>(
     f: impl FnOnce(&mut Shared) -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
     let mut s = lock(app);
+    let rv = s.store.rv();
     s.store.manager = manager.to_string();
     let r = f(&mut s);
     s.store.manager = "kserve-controller".into();
     let r = r?;
-    reconcile_all(&mut s);
+    let touched = s.store.keys_after(rv);
+    reconcile_touched(&mut s, &touched);
     Ok(r)
+}
+
+/// What KServe's controller reconciles after these objects changed: an InferenceService on its
+/// own events (its controller watches InferenceServices and what they own,
+/// `pkg/controller/v1beta1/inferenceservice/controller.go` `SetupWithManager`); everything after
+/// a change to a type it reads (ConfigMaps, KServe and Knative objects, namespaces); nothing
+/// after a change to a type it does not watch (Leases, Events, other custom resources such as
+/// ModelRollouts).
+fn reconcile_touched(s: &mut Shared, touched: &[Key]) {
+    let affects_all = |k: &Key| {
+        k.res == ids::CONFIGMAPS
+            || k.res == ids::NAMESPACES
+            || (k.res != ids::ISVC
+                && (k.res.ends_with(".serving.kserve.io") || k.res.ends_with(".knative.dev")))
+    };
+    if touched.iter().any(affects_all) {
+        reconcile_all(s);
+        return;
+    }
+    let mut isvcs: Vec<Key> = touched
+        .iter()
+        .filter(|k| k.res == ids::ISVC)
+        .cloned()
+        .collect();
+    isvcs.sort();
+    isvcs.dedup();
+    if !isvcs.is_empty() {
+        reconcile(s, isvcs);
+    }
 }
 
 /// The controller loop body: KServe (and Knative under it) reconciles every
 /// InferenceService; its writes (finalizers, status) are not counted as client writes.
 pub(crate) fn reconcile_all(s: &mut Shared) {
+    let keys = s.store.keys(ids::ISVC);
+    reconcile(s, keys);
+}
+
+/// [`reconcile_all`] for some InferenceServices.
+fn reconcile(s: &mut Shared, keys: Vec<Key>) {
     let now = Instant::now();
     let timing = Timing {
         ready_delay: s.config.ready_delay,
@@ -234,8 +271,8 @@ pub(crate) fn reconcile_all(s: &mut Shared) {
         ))
         .ok()
         .map(|c| c["data"].clone());
-    let before = s.store.writes.clone();
-    for key in s.store.keys(ids::ISVC) {
+    s.store.counting = false;
+    for key in keys {
         let Ok(obj) = s.store.get(&key) else { continue };
         let r = s.controller.reconcile(&obj, config.as_ref(), now, timing);
         if r.add_finalizer || r.remove_finalizer {
@@ -262,7 +299,7 @@ pub(crate) fn reconcile_all(s: &mut Shared) {
             });
         }
     }
-    s.store.writes = before;
+    s.store.counting = true;
 }
 
 /// One tick of the data plane: generate `dt` of requests for every InferenceService, split as

@@ -68,6 +68,9 @@ pub struct Store {
     /// Writes by clients that changed an object other than its status, per object (for
     /// tests and the demo: how often rolloutctl writes to an InferenceService).
     pub writes: BTreeMap<Key, u64>,
+    /// Whether writes are counted in [`Store::writes`] (not while the emulated controllers
+    /// write).
+    pub counting: bool,
     /// The field manager of the write in progress (recorded in `metadata.managedFields`).
     pub manager: String,
 }
@@ -84,6 +87,7 @@ impl Default for Store {
             applied: HashMap::new(),
             registry: Registry::builtin(),
             writes: BTreeMap::new(),
+            counting: true,
             manager: "kserve-controller".into(),
         }
     }
@@ -161,6 +165,17 @@ impl Store {
     }
 
     /// Logged events after `rv`.
+    /// The objects changed after `rv` (newest first; from the log, which holds every recent
+    /// change).
+    pub fn keys_after(&self, rv: u64) -> Vec<Key> {
+        self.log
+            .iter()
+            .rev()
+            .take_while(|e| e.rv > rv)
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
     pub fn events_after(&self, rv: u64) -> Vec<WatchEvent> {
         self.log.iter().filter(|e| e.rv > rv).cloned().collect()
     }
@@ -322,7 +337,9 @@ impl Store {
             meta["generation"] = json!(1);
         }
         self.objects.insert(key.clone(), obj.clone());
-        *self.writes.entry(key.clone()).or_default() += 1;
+        if self.counting {
+            *self.writes.entry(key.clone()).or_default() += 1;
+        }
         self.record("ADDED", key, obj.clone());
         Ok(obj)
     }
@@ -461,7 +478,9 @@ impl Store {
             }
         }
         if !status_only {
-            *self.writes.entry(key.clone()).or_default() += 1;
+            if self.counting {
+                *self.writes.entry(key.clone()).or_default() += 1;
+            }
             crate::managed::record(current, &mut obj, &self.manager, &now_rfc3339());
         } else if let Some(m) = current["metadata"].get("managedFields") {
             obj["metadata"]["managedFields"] = m.clone();

@@ -221,8 +221,8 @@ async fn size(n: usize) -> Result<String, String> {
     let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("fleet-{i}")).collect();
     let nsapi: Api<Namespace> = Api::all(client.clone());
     for ns in &namespaces {
-        let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))
-            .map_err(|e| e.to_string())?;
+        let obj: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}})).map_err(|e| e.to_string())?;
         nsapi
             .create(&PostParams::default(), &obj)
             .await
@@ -353,7 +353,10 @@ async fn size(n: usize) -> Result<String, String> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("only {} of {n} rollouts holding after 900 s", holding(&m)));
+            return Err(format!(
+                "only {} of {n} rollouts holding after 900 s",
+                holding(&m)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -405,9 +408,10 @@ async fn size(n: usize) -> Result<String, String> {
         },
     );
     let rollback_s = loop {
-        let pct = sandbox
-            .isvc(bns, bname)
-            .and_then(|v| v.pointer("/spec/predictor/canaryTrafficPercent").and_then(Value::as_i64));
+        let pct = sandbox.isvc(bns, bname).and_then(|v| {
+            v.pointer("/spec/predictor/canaryTrafficPercent")
+                .and_then(Value::as_i64)
+        });
         if pct == Some(0) {
             break Some(breach.elapsed().as_secs_f64());
         }

@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// Wait while another runner holds this rollout's Lease, instead of exiting
     #[arg(long)]
     pub wait: bool,
+    /// When the rolloutctl controller drives this rollout, follow it to its end (printing each
+    /// change of phase, step, traffic and decision) instead of refusing; writes nothing
+    #[arg(long)]
+    pub watch: bool,
     /// This runner's identity (default: hostname and process id)
     #[arg(long)]
     pub holder: Option<String>,
@@ -182,6 +186,9 @@ pub struct ControllerArgs {
     /// milliseconds (at most a tenth of a rollout's interval); 0: each rollout asks its own
     #[arg(long, default_value_t = 1000)]
     pub query_tick_ms: u64,
+    /// How many rollouts are reconciled at once (per `--namespace`)
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u16,
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,

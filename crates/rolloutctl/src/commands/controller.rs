@@ -32,6 +32,18 @@ pub fn run(args: &ControllerArgs) -> Exit {
             if let Ok(a) = listener.local_addr() {
                 eprintln!("serving /metrics, /healthz and /readyz on http://{a}");
             }
+            // The leader Lease gets a connection of its own: its renewals never wait behind the
+            // rollouts' requests.
+            let lease_client = match super::connect_as(
+                args.kubeconfig.as_deref(),
+                args.context.as_deref(),
+                "rolloutctl-controller",
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => return e,
+            };
             let server = tokio::spawn(serve(listener, telemetry.clone(), health.clone()));
             let cfg = FleetConfig {
                 namespaces: args.namespaces.clone(),
@@ -47,6 +59,8 @@ pub fn run(args: &ControllerArgs) -> Exit {
                 lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
                 prometheus_url: args.prometheus_url.clone(),
                 query_tick: Duration::from_millis(args.query_tick_ms.min(60_000)),
+                lease_client: Some(lease_client),
+                concurrency: args.concurrency,
                 telemetry,
                 health,
                 on_decision: Box::new(|key, d| {

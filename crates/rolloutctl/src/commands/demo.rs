@@ -171,7 +171,7 @@ pub fn run(args: &DemoArgs) -> Exit {
                         }
                         outcomes.push((o, expect));
                     }
-                    RunEnd::Refused(why) => return Err(why),
+                    RunEnd::Refused(why) | RunEnd::DrivenByController(why) => return Err(why),
                     RunEnd::Interrupted(_) => return Err("interrupted".into()),
                     RunEnd::TargetGone(why) => return Err(why),
                 }

@@ -9,6 +9,7 @@ mod demo;
 mod explain;
 mod export;
 mod fmt;
+mod follow;
 mod lint;
 mod operator;
 mod plan;

@@ -26,7 +26,18 @@ pub fn run(args: &RunArgs) -> Exit {
                 lease_duration: Duration::from_secs(args.lease_duration.clamp(3, 3600)),
                 on_decision: live::sink(args.output),
             };
-            let end = rollout_runner::run::run(client, cfg).await;
+            let end = rollout_runner::run::run(client.clone(), cfg).await;
+            if let (RunEnd::DrivenByController(why), true) = (&end, args.watch) {
+                let (ns, name) = (
+                    &machine.policy().target.namespace,
+                    &machine.policy().target.name,
+                );
+                eprintln!(
+                    "{}; following it (`--watch`)",
+                    why.split(';').next().unwrap_or(why)
+                );
+                return super::follow::follow(&client, ns, name, args.output).await;
+            }
             finish(&end)
         },
     )
@@ -40,6 +51,10 @@ pub fn finish(end: &RunEnd) -> Exit {
             (*o).into()
         }
         RunEnd::Refused(why) => {
+            eprintln!("error: {why}");
+            Exit::Failed
+        }
+        RunEnd::DrivenByController(why) => {
             eprintln!("error: {why}");
             Exit::Failed
         }

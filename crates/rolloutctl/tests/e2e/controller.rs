@@ -420,3 +420,83 @@ async fn a_run_and_the_controller_never_drive_one_rollout_together() {
     );
     w.sandbox.shutdown().await;
 }
+
+/// A Prometheus that accepts connections and never answers.
+async fn black_hole() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prometheus_that_never_answers_one_rollout_does_not_delay_the_others() {
+    let w = world(40.0).await;
+    futures_util::future::join_all([
+        w.canary_of("healthy", json!({"sandbox.rolloutctl.io/error-rate": "0%"})),
+        w.canary_of("stuck", json!({"sandbox.rolloutctl.io/error-rate": "0%"})),
+    ])
+    .await;
+    let (hole, task) = black_hole().await;
+    let with_url = |name: &str, url: &str| {
+        policy_for(name, "", STEPS)
+            .replace("url = \"http://127.0.0.1:1\"", &format!("url = \"{url}\""))
+    };
+    let healthy = w.dir.path().join("healthy.rollout");
+    std::fs::write(&healthy, with_url("healthy", &w.prom)).expect("write");
+    let stuck = w.dir.path().join("stuck.rollout");
+    std::fs::write(&stuck, with_url("stuck", &hole)).expect("write");
+    let traffic = w.record_traffic_of("healthy");
+    let stuck_traffic = w.record_traffic_of("stuck");
+    assert!(apply(&w, &[&healthy, &stuck], &[]).status.success());
+    // No override: each policy's own Prometheus; `stuck`'s never answers (2 s timeout).
+    let c = w.controller_via(None, "ctl", &[]);
+    until_phase_explained(&w, "healthy", "promoted", 60, &[&c]).await;
+    assert_eq!(traffic.values(), vec![10, 25, 50, 100]);
+    // `healthy` was evaluated every second while `stuck`'s queries hung: no gap between two
+    // of its decisions while it held reaches the 2 s query timeout.
+    let evaluated: Vec<(i64, i64)> = c
+        .decisions()
+        .iter()
+        .filter(|d| d["rollout"] == "kserve-test/healthy" && d["evaluated"] == true)
+        .filter_map(|d| Some((d["step"].as_i64()?, d["at"].as_i64()?)))
+        .collect();
+    assert!(evaluated.len() >= 10, "{} evaluations", evaluated.len());
+    let worst = evaluated
+        .windows(2)
+        .filter(|p| p[0].0 == p[1].0)
+        .map(|p| p[1].1 - p[0].1)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst < 2000,
+        "healthy waited {worst} ms between two evaluations"
+    );
+    // `stuck` never passed a check on a Prometheus that never answered.
+    let stuck_said: Vec<serde_json::Value> = c
+        .decisions()
+        .into_iter()
+        .filter(|d| d["rollout"] == "kserve-test/stuck")
+        .collect();
+    assert!(
+        stuck_said
+            .iter()
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .all(|r| r["verdict"] != "pass"),
+        "no pass without an answer"
+    );
+    assert!(
+        stuck_traffic.values().iter().all(|p| *p <= 10),
+        "stuck never went past 10%: {:?}",
+        stuck_traffic.values()
+    );
+    task.abort();
+    w.sandbox.shutdown().await;
+}

@@ -176,13 +176,20 @@ impl World {
     /// `rolloutctl controller` on this sandbox (leader Lease in kserve-test, metrics on a free
     /// loopback port, printed on standard error).
     pub fn controller(&self, holder: &str, extra: &[&str]) -> Runner {
+        self.controller_via(Some(&self.prom), holder, extra)
+    }
+
+    /// [`World::controller`] with `prom` overriding the policies' Prometheus (none: each
+    /// policy's own).
+    pub fn controller_via(&self, prom: Option<&str>, holder: &str, extra: &[&str]) -> Runner {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rolloutctl"));
         cmd.arg("controller")
             .arg("--kubeconfig")
-            .arg(&self.sandbox.kubeconfig)
-            .arg("--prometheus-url")
-            .arg(&self.prom)
-            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg(&self.sandbox.kubeconfig);
+        if let Some(p) = prom {
+            cmd.arg("--prometheus-url").arg(p);
+        }
+        cmd.args(["--metrics-addr", "127.0.0.1:0"])
             .args(["--leader-election-namespace", "kserve-test"])
             .args(["--holder", holder])
             .args(extra)
