@@ -142,6 +142,9 @@ pub struct Controller {
     pub overrides: HashMap<String, Behaviour>,
     /// Behaviour by revision name, from the template the revision was created from.
     pub behaviours: HashMap<String, Behaviour>,
+    /// The disallow lists parsed from the last `inferenceService` config text seen (parsed
+    /// again only when the text changes).
+    disallowed: Option<(String, Disallowed)>,
 }
 
 fn condition(t: &str, c: &knative::Condition, info: bool, now: &str) -> Value {
@@ -223,7 +226,7 @@ impl Controller {
                 ..Reconciled::default()
             };
         }
-        let Some(lists) = config.and_then(|c| disallowed(c).ok()) else {
+        let Some(lists) = config.and_then(|c| self.lists(c)) else {
             return Reconciled::default();
         };
         let service_name = format!("{name}-predictor");
@@ -430,6 +433,19 @@ impl Controller {
     }
 
     /// The split the data plane serves for an InferenceService now: (revision, percent).
+    /// The disallow lists of `inferenceservice-config`'s data (cached by its text).
+    fn lists(&mut self, config: &Value) -> Option<Disallowed> {
+        let text = config["inferenceService"].as_str().unwrap_or("");
+        if let Some((t, d)) = &self.disallowed
+            && t == text
+        {
+            return Some(d.clone());
+        }
+        let d = disallowed(config).ok()?;
+        self.disallowed = Some((text.to_string(), d.clone()));
+        Some(d)
+    }
+
     pub fn serving(&self, ns: &str, name: &str) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = Vec::new();
         let Some(st) = self.isvcs.get(&(ns.to_string(), name.to_string())) else {

@@ -273,8 +273,14 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
         .map(|c| c["data"].clone());
     s.store.counting = false;
     for key in keys {
-        let Ok(obj) = s.store.get(&key) else { continue };
-        let r = s.controller.reconcile(&obj, config.as_ref(), now, timing);
+        let Some(obj) = s.store.peek(&key) else {
+            continue;
+        };
+        let r = s.controller.reconcile(obj, config.as_ref(), now, timing);
+        let status_changed = r
+            .status
+            .as_ref()
+            .is_some_and(|st| obj.get("status") != Some(st));
         if r.add_finalizer || r.remove_finalizer {
             let _ = s.store.modify(&key, false, |o| {
                 let mut f: Vec<Value> = o["metadata"]["finalizers"]
@@ -291,7 +297,7 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
             continue;
         }
         if let Some(status) = r.status
-            && obj.get("status") != Some(&status)
+            && status_changed
         {
             let _ = s.store.modify(&key, true, |o| {
                 o["status"] = status;
@@ -307,13 +313,15 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
 fn generate(s: &mut Shared, dt: Duration) {
     let mut live: HashMap<(String, String), Vec<String>> = HashMap::new();
     for key in s.store.keys(ids::ISVC) {
-        let Ok(obj) = s.store.get(&key) else { continue };
+        let Some(obj) = s.store.peek(&key) else {
+            continue;
+        };
+        let rps = dataplane::rps(obj, s.config.rps);
         let traffic = s.controller.serving(&key.ns, &key.name);
         live.insert(
             (key.ns.clone(), key.name.clone()),
             traffic.iter().map(|(r, _)| r.clone()).collect(),
         );
-        let rps = dataplane::rps(&obj, s.config.rps);
         if s.config.analytic {
             let total: f64 = traffic.iter().map(|(_, p)| *p).sum();
             for (rev, p) in &traffic {

@@ -180,6 +180,11 @@ impl Store {
         self.log.iter().filter(|e| e.rv > rv).cloned().collect()
     }
 
+    /// One object, borrowed.
+    pub fn peek(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(key)
+    }
+
     /// One object.
     pub fn get(&self, key: &Key) -> Result<Value, ApiError> {
         self.objects

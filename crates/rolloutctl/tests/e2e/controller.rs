@@ -404,6 +404,21 @@ async fn a_run_and_the_controller_never_drive_one_rollout_together() {
         spec,
         "nothing written"
     );
+    // `run --watch` follows it instead, writing nothing, and ends with its outcome.
+    let mut follower = w.run(&other, &["--watch"], &[]);
+    follower
+        .until(30, "the follower's first line", |d| d["phase"] == "holding")
+        .await;
+    assert!(
+        follower.stderr().contains("following it (`--watch`)"),
+        "{}",
+        follower.stderr()
+    );
+    assert_eq!(
+        api.get("second").await.expect("mr").spec,
+        spec,
+        "a follower writes nothing"
+    );
     // An operator's abort goes through the controller.
     let out = w.rolloutctl(&["abort", "second"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -417,6 +432,17 @@ async fn a_run_and_the_controller_never_drive_one_rollout_together() {
     assert_eq!(
         st.history.last().map(|h| h.outcome.as_str()),
         Some("aborted")
+    );
+    assert_eq!(
+        follower.exit(30).await,
+        4,
+        "the follower ends with the outcome: {}",
+        follower.stderr()
+    );
+    assert!(
+        follower.stderr().contains("rollout aborted"),
+        "{}",
+        follower.stderr()
     );
     w.sandbox.shutdown().await;
 }
@@ -498,5 +524,57 @@ async fn a_prometheus_that_never_answers_one_rollout_does_not_delay_the_others()
         stuck_traffic.values()
     );
     task.abort();
+    w.sandbox.shutdown().await;
+}
+
+/// Realistic settings: a 30 s evaluation interval and the default 15 s leader Lease, with a
+/// standby waiting. The leader must keep its Lease between evaluations twice as long as it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_a_30s_interval_with_the_default_lease_the_leader_keeps_leading() {
+    let w = world(40.0).await;
+    w.canary_of(
+        "slow-paced",
+        json!({"sandbox.rolloutctl.io/error-rate": "0%"}),
+    )
+    .await;
+    let text = policy_for(
+        "slow-paced",
+        "",
+        "    traffic 10%\n    hold 61s\n    promote",
+    )
+    .replace("interval = 1s", "interval = 30s")
+    .replace("window = 5s", "window = 30s")
+    .replace("stale_after = 5s", "stale_after = 60s");
+    let file = w.dir.path().join("slow-paced.rollout");
+    std::fs::write(&file, text).expect("write");
+    let traffic = w.record_traffic_of("slow-paced");
+    assert!(apply(&w, &[&file], &[]).status.success());
+    let a = w.controller("ctl-a", &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = w.controller("ctl-b", &[]);
+    until_phase_explained(&w, "slow-paced", "promoted", 150, &[&a, &b]).await;
+    assert_eq!(traffic.values(), vec![10, 100]);
+    assert_eq!(leader(&w).await.as_deref(), Some("ctl-a"), "no takeover");
+    assert!(b.decisions().is_empty(), "the standby decided nothing");
+    let evaluated: Vec<i64> = a
+        .decisions()
+        .iter()
+        .filter(|d| d["evaluated"] == true)
+        .filter_map(|d| d["at"].as_i64())
+        .collect();
+    assert!(evaluated.len() >= 2, "{evaluated:?}");
+    for p in evaluated.windows(2) {
+        assert!(
+            p[1] - p[0] <= 33_000,
+            "each interval honoured, none skipped: {evaluated:?}"
+        );
+    }
+    let leases: Api<Lease> = Api::namespaced(w.client.clone(), "kserve-test");
+    let l = leases.get("rolloutctl-controller").await.expect("lease");
+    assert_eq!(
+        l.spec.and_then(|s| s.lease_transitions),
+        Some(0),
+        "the leader Lease never changed hands"
+    );
     w.sandbox.shutdown().await;
 }
