@@ -31,9 +31,11 @@ struct RevKey {
 }
 
 /// All metrics.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Metrics {
     series: BTreeMap<RevKey, BTreeMap<u16, Series>>,
+    /// Leave the latency histogram out of the exposition (see `Config::latency_histograms`).
+    pub counts_only: bool,
 }
 
 /// The request rate of an InferenceService: its annotation, or the default.
@@ -106,6 +108,14 @@ pub fn pick<'a>(rng: &mut fastrand::Rng, traffic: &'a [(String, f64)]) -> Option
 }
 
 impl Metrics {
+    /// No series yet; `counts_only` leaves the latency histogram out of the exposition.
+    pub fn counting(counts_only: bool) -> Metrics {
+        Metrics {
+            counts_only,
+            ..Metrics::default()
+        }
+    }
+
     /// Records one request.
     pub fn record(&mut self, ns: &str, isvc: &str, revision: &str, o: Outcome) {
         let s = self
@@ -197,6 +207,9 @@ impl Metrics {
                     s.count
                 );
             }
+        }
+        if self.counts_only {
+            return out;
         }
         out.push_str("# HELP revision_app_request_latencies The response time in millisecond\n");
         out.push_str("# TYPE revision_app_request_latencies histogram\n");

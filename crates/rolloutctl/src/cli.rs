@@ -186,8 +186,9 @@ pub struct ControllerArgs {
     /// milliseconds (at most a tenth of a rollout's interval); 0: each rollout asks its own
     #[arg(long, default_value_t = 1000)]
     pub query_tick_ms: u64,
-    /// How many rollouts are reconciled at once (per `--namespace`)
-    #[arg(long, default_value_t = 32)]
+    /// How many rollouts are reconciled at once (per `--namespace`): enough for the number of
+    /// rollouts divided by their interval, times a reconcile's duration
+    #[arg(long, default_value_t = 128)]
     pub concurrency: u16,
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
     #[arg(long)]
