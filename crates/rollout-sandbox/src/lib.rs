@@ -226,7 +226,7 @@ pub fn write_as<T>(
 
 /// What KServe's controller reconciles after these objects changed: an InferenceService on its
 /// own events (its controller watches InferenceServices and what they own,
-/// `pkg/controller/v1beta1/inferenceservice/controller.go` `SetupWithManager`); everything after
+/// `pkg/controller/v1beta1/inferenceservice/controller.go:624-680` `SetupWithManager`: `For` InferenceService, `Owns` Deployment, Service, Knative Service); everything after
 /// a change to a type it reads (ConfigMaps, KServe and Knative objects, namespaces); nothing
 /// after a change to a type it does not watch (Leases, Events, other custom resources such as
 /// ModelRollouts).

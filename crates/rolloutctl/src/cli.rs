@@ -188,7 +188,7 @@ pub struct ControllerArgs {
     pub query_tick_ms: u64,
     /// How many rollouts are reconciled at once (per `--namespace`): enough for the number of
     /// rollouts divided by their interval, times a reconcile's duration
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)
     #[arg(long)]
