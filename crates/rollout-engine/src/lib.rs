@@ -70,6 +70,19 @@ impl Outcome {
     }
 
     /// The name used in reports and test files.
+    /// The outcome named `name` (as [`Outcome::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        [
+            Outcome::Promoted,
+            Outcome::RolledBack,
+            Outcome::Aborted,
+            Outcome::Failed,
+            Outcome::Stalled,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Promoted => "promoted",

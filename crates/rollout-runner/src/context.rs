@@ -272,10 +272,7 @@ impl Context {
             .prometheus_url
             .clone()
             .unwrap_or_else(|| p.prometheus.url.clone());
-        let key = format!(
-            "{url}|{:?}|{:?}",
-            p.prometheus.auth.token_file, p.prometheus.auth.basic_auth_file
-        );
+        let key = crate::metrics::identity(&url, &p.prometheus.auth);
         if let Some(c) = self.proms.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
         }

@@ -182,8 +182,8 @@ pub struct Prom {
     timeout: Duration,
     /// The base URL.
     pub url: String,
-    /// What tells two Prometheus clients apart: URL, where credentials come from, TLS settings
-    /// (no secret).
+    /// What tells two Prometheus clients apart ([`identity`] for a policy's; URL, credential
+    /// source and `insecure` for one made with [`Prom::new`]). No secret.
     pub(crate) identity: String,
 }
 
@@ -220,14 +220,7 @@ impl Prom {
             Client::from(http, url).map_err(|e| format!("invalid Prometheus URL `{url}`: {e}"))?;
         // A credential that cannot be read or sent is an error now, naming the setting.
         credentials.header()?;
-        let identity = format!(
-            "{url}|{:?}|insecure={}|ca={:?}",
-            credentials.source,
-            tls.insecure,
-            tls.ca_pem
-                .as_ref()
-                .map(|p| (p.len(), p.iter().map(|b| u64::from(*b)).sum::<u64>()))
-        );
+        let identity = format!("{url}|{:?}|insecure={}", credentials.source, tls.insecure);
         Ok(Prom {
             client,
             credentials: std::sync::Arc::new(credentials),
@@ -240,12 +233,14 @@ impl Prom {
     /// A client for a policy, with an optional URL override.
     pub fn for_policy(p: &Policy, url: Option<&str>) -> Result<Prom, String> {
         let url = url.unwrap_or(&p.prometheus.url);
-        Prom::new(
+        let mut prom = Prom::new(
             url,
             Credentials::from_policy(p),
             &Tls::from_policy(p)?,
             p.prometheus.timeout,
-        )
+        )?;
+        prom.identity = identity(url, &p.prometheus.auth);
+        Ok(prom)
     }
 
     fn redact(&self, message: &str) -> String {
@@ -416,6 +411,13 @@ fn base64(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// What tells the Prometheus of two policies apart: the URL and every credential and TLS
+/// reference (paths and names, never their contents). One client serves each, and queries are
+/// shared only among policies with the same one.
+pub(crate) fn identity(url: &str, auth: &rollout_policy::model::Auth) -> String {
+    format!("{url}|{auth:?}")
 }
 
 /// Renders the PromQL of a query key for the given revisions.

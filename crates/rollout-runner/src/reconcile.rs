@@ -776,10 +776,6 @@ async fn measure(
     let (canary, stable) = revisions;
     match ctx.prom(policy) {
         Ok(prom) => {
-            let max_age = ctx
-                .fanout
-                .as_ref()
-                .map(|f| f.max_age(policy.evaluation.interval));
             let queries = keys.iter().map(|k| {
                 let prom = prom.clone();
                 let telemetry = ctx.telemetry.clone();
@@ -787,16 +783,25 @@ async fn measure(
                 // keeps revisions apart; otherwise this rollout's own query.
                 let shared = ctx.fanout.as_ref().and_then(|f| {
                     let rendered = metrics::render(policy, k, share::SENTINEL, share::SENTINEL)?;
-                    Some((f.clone(), f.plan(&rendered).ok()?))
+                    let plan = f.plan(&rendered).ok()?;
+                    let revision = if k.arm == rollout_policy::model::Arm::Canary {
+                        canary.clone()
+                    } else {
+                        stable.clone()
+                    };
+                    Some((
+                        f.clone(),
+                        plan,
+                        revision,
+                        f.max_age(policy.evaluation.interval),
+                    ))
                 });
-                let revision = if k.arm == rollout_policy::model::Arm::Canary {
-                    canary.clone()
-                } else {
-                    stable.clone()
-                };
-                let q = metrics::render(policy, k, canary, stable);
+                let q = shared
+                    .is_none()
+                    .then(|| metrics::render(policy, k, canary, stable))
+                    .flatten();
                 async move {
-                    if let (Some((fanout, plan)), Some(max_age)) = (shared, max_age) {
+                    if let Some((fanout, plan, revision, max_age)) = shared {
                         return fanout
                             .sample(&prom, &plan, &revision, now, max_age, telemetry.as_ref())
                             .await;

@@ -41,14 +41,6 @@ pub enum RunEnd {
     DrivenByController(String),
 }
 
-/// Why the Lease was not taken.
-enum Refusal {
-    /// The controller drives the rollout.
-    Controller(String),
-    /// Anything else.
-    Other(String),
-}
-
 /// Settings of a run.
 pub struct RunConfig {
     /// The policy text (stored in the ModelRollout).
@@ -97,8 +89,8 @@ pub fn desired(policy: &Policy, text: &str, owner: &DynamicObject) -> serde_json
     })
 }
 
-/// Takes the Lease (waiting if asked), then keeps it renewed.
-async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, Refusal> {
+/// Takes the Lease (waiting if asked), then keeps it renewed; else how the run ends.
+async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, RunEnd> {
     loop {
         match lock.acquire().await {
             Ok(LeaseResult::Held(term)) => return Ok(lock.keep(term)),
@@ -107,20 +99,20 @@ async fn take_lease(lock: LeaseLock, wait: bool) -> Result<LeaseHandle, Refusal>
                 tokio::time::sleep(Duration::from_millis(1500 + fastrand::u64(..1000))).await;
             }
             Ok(LeaseResult::HeldBy(h)) if h.starts_with("the rolloutctl controller") => {
-                return Err(Refusal::Controller(format!(
+                return Err(RunEnd::DrivenByController(format!(
                     "{h} drives this rollout (Lease {}); follow it with `rolloutctl run --watch` or `rolloutctl status`, steer it with `pause`, `resume`, `approve` or `abort`, or apply a new policy with `rolloutctl apply`",
                     lock.name
                 )));
             }
             Ok(LeaseResult::HeldBy(h)) => {
-                return Err(Refusal::Other(format!(
+                return Err(RunEnd::Refused(format!(
                     "another rolloutctl ({h}) is driving this rollout (Lease {}); stop it, or wait with `--wait`",
                     lock.name
                 )));
             }
             Err(e) if isvc::transient(&e) => tokio::time::sleep(Duration::from_secs(1)).await,
             Err(e) => {
-                return Err(Refusal::Other(format!(
+                return Err(RunEnd::Refused(format!(
                     "cannot take the Lease {}: {e}",
                     lock.name
                 )));
@@ -203,8 +195,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> RunEnd {
     };
     let lease = match taken {
         Ok(l) => l,
-        Err(Refusal::Controller(why)) => return RunEnd::DrivenByController(why),
-        Err(Refusal::Other(why)) => return RunEnd::Refused(why),
+        Err(end) => return end,
     };
     // Then the ModelRollout: create or update its policy (server-side apply, forced: `run`
     // says which policy drives this rollout; intents set by others are left alone). Only the

@@ -432,7 +432,6 @@ impl Controller {
         }
     }
 
-    /// The split the data plane serves for an InferenceService now: (revision, percent).
     /// The disallow lists of `inferenceservice-config`'s data (cached by its text).
     fn lists(&mut self, config: &Value) -> Option<Disallowed> {
         let text = config["inferenceService"].as_str().unwrap_or("");
@@ -446,6 +445,7 @@ impl Controller {
         Some(d)
     }
 
+    /// The split the data plane serves for an InferenceService now: (revision, percent).
     pub fn serving(&self, ns: &str, name: &str) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = Vec::new();
         let Some(st) = self.isvcs.get(&(ns.to_string(), name.to_string())) else {

@@ -224,12 +224,14 @@ pub fn write_as<T>(
     Ok(r)
 }
 
-/// What KServe's controller reconciles after these objects changed: an InferenceService on its
-/// own events (its controller watches InferenceServices and what they own,
-/// `pkg/controller/v1beta1/inferenceservice/controller.go:624-680` `SetupWithManager`: `For` InferenceService, `Owns` Deployment, Service, Knative Service); everything after
-/// a change to a type it reads (ConfigMaps, KServe and Knative objects, namespaces); nothing
-/// after a change to a type it does not watch (Leases, Events, other custom resources such as
-/// ModelRollouts).
+/// What is reconciled after these objects changed. KServe's controller reconciles an
+/// InferenceService on its own events and those of what it owns
+/// (`pkg/controller/v1beta1/inferenceservice/controller.go:624-680`, `SetupWithManager`: `For`
+/// InferenceService, `Owns` Deployment, Service, Knative Service), never after a Lease, Event
+/// or other custom resource (a ModelRollout) changed: neither does the sandbox. After a change
+/// to a type KServe reads but does not watch (ConfigMaps, namespaces, ServingRuntimes) the
+/// sandbox reconciles every InferenceService at once, where KServe waits for the next event of
+/// each: a known divergence (docs/sandbox.md, "What it does not emulate").
 fn reconcile_touched(s: &mut Shared, touched: &[Key]) {
     let affects_all = |k: &Key| {
         k.res == ids::CONFIGMAPS
@@ -460,9 +462,8 @@ impl Sandbox {
             let _ = axum::serve(exp_listener, exporter).await;
         }));
         let a = app.clone();
-        let a_tick = config.tick.max(Duration::from_millis(10));
+        let tick = config.tick.max(Duration::from_millis(10));
         tasks.push(tokio::spawn(async move {
-            let tick = a_tick;
             let mut interval = tokio::time::interval(tick);
             loop {
                 interval.tick().await;

@@ -441,7 +441,7 @@ async fn size(n: usize) -> Result<String, String> {
     let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     Ok(format!(
         "| {n}{} | {setup_s:.0} | {start_s:.0} | {rss:.0} ({hwm:.0} peak) | {:.1}% | {:.1} | {:.1} | {qerr:.0} | {:.1} | {:.1} | {} | {} | {:.0} | {} |\n\
-         <!-- n={n} measured {secs:.1}s: queries {queries}, evaluations {evaluations}, holding {still}, writes {}, reads {}, rss max {rss_max:.0} -->",
+         <!-- n={n} measured {secs:.1}s: queries {queries}, due reconciles {evaluations}, holding {still}, writes {}, reads {}, rss max {rss_max:.0} -->",
         if latency { "" } else { " (counts only)" },
         100.0 * (cpu1 - cpu0) / secs,
         queries / secs,
@@ -469,7 +469,7 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "| rollouts | setup s | all holding after s | controller RSS MiB | controller CPU | queries/s | queries per 10 s interval | query errors | API writes per rollout-hour | API reads per rollout-hour | eval delay p50 s | eval delay p95 s | evaluations per interval | breach to rollback s |"
+        "| rollouts | setup s | all holding after s | controller RSS MiB | controller CPU | queries/s | queries per 10 s interval | query errors | API writes per rollout-hour | API reads per rollout-hour | eval delay p50 s | eval delay p95 s | due reconciles per interval | breach to rollback s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in sizes {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::api::Api;
 use rollout_api::{ModelRollout, ModelRolloutStatus};
 use rollout_engine::Outcome;
-use tokio::signal::unix::{SignalKind, signal};
+use rollout_runner::signals::Signals;
 
 use super::Exit;
 use crate::cli::RunOutput;
@@ -32,15 +32,7 @@ fn outcome(st: &ModelRolloutStatus) -> Option<Outcome> {
         .find(|h| Some(&h.canary_revision) == st.canary_revision.as_ref())
         .map(|h| h.outcome.clone())
         .or_else(|| st.phase.clone())?;
-    [
-        Outcome::Promoted,
-        Outcome::RolledBack,
-        Outcome::Aborted,
-        Outcome::Failed,
-        Outcome::Stalled,
-    ]
-    .into_iter()
-    .find(|o| o.as_str() == word)
+    Outcome::from_name(&word)
 }
 
 /// Follows `ns/name` until it ends (its outcome's exit status), is deleted (exit 7), or a
@@ -51,13 +43,7 @@ pub async fn follow(client: &kube::Client, ns: &str, name: &str, output: RunOutp
         RunOutput::Live => false,
         RunOutput::Auto => !std::io::stdout().is_terminal(),
     };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("error: cannot listen for signals");
-        return Exit::Failed;
-    };
+    let mut signals = Signals::new();
     let api: Api<ModelRollout> = Api::namespaced(client.clone(), ns);
     let mut last = None;
     loop {
@@ -86,13 +72,14 @@ pub async fn follow(client: &kube::Client, ns: &str, name: &str, output: RunOutp
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = term.recv() => {
-                eprintln!("stopped following (SIGTERM); the controller goes on with the rollout");
-                return Exit::Terminated;
-            }
-            _ = int.recv() => {
-                eprintln!("stopped following (SIGINT); the controller goes on with the rollout");
-                return Exit::Interrupted;
+            sig = signals.recv() => {
+                let (name, exit) = if sig == 15 {
+                    ("SIGTERM", Exit::Terminated)
+                } else {
+                    ("SIGINT", Exit::Interrupted)
+                };
+                eprintln!("stopped following ({name}); the controller goes on with the rollout");
+                return exit;
             }
         }
     }

@@ -271,15 +271,3 @@ async fn passing_evaluations_on_both_sides_of_an_outage_are_not_consecutive() {
     );
     w.sandbox.shutdown().await;
 }
-
-/// Instant queries Prometheus has answered so far (its own `prometheus_http_requests_total`).
-async fn prometheus_queries(prom: &str) -> u64 {
-    let body = http_get(&format!("{prom}/metrics")).await;
-    body.lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{")
-                && l.contains("handler=\"/api/v1/query\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}

@@ -14,18 +14,6 @@ use serde_json::json;
 
 use crate::world::*;
 
-/// Prometheus's own count of instant queries it answered.
-async fn answered(prom: &str) -> f64 {
-    let m = http_get(&format!("{prom}/metrics")).await;
-    m.lines()
-        .filter(|l| {
-            l.starts_with("prometheus_http_requests_total{")
-                && l.contains("handler=\"/api/v1/query\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_shared_query_answers_every_revision_as_its_own_query_would() {
     let w = world(40.0).await;
@@ -67,7 +55,7 @@ async fn one_shared_query_answers_every_revision_as_its_own_query_would() {
             .plan(&render(share::SENTINEL))
             .expect("a preset query is shared");
         let telemetry = Arc::new(Telemetry::new());
-        let before = answered(&w.prom).await;
+        let before = prometheus_queries(&w.prom).await;
         // Fifty asks for each of six revisions (both arms of three rollouts), at once.
         let asks = revisions
             .iter()
@@ -87,10 +75,10 @@ async fn one_shared_query_answers_every_revision_as_its_own_query_would() {
         let shared = futures_util::future::join_all(asks).await;
         // Prometheus counts a request once it has answered it.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = answered(&w.prom).await;
+        let after = prometheus_queries(&w.prom).await;
         assert_eq!(
             after - before,
-            1.0,
+            1,
             "{}: 300 asks, one query to Prometheus",
             m.name
         );

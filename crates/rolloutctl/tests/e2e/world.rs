@@ -505,3 +505,15 @@ pub async fn http_get(url: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
 }
+
+/// Instant queries Prometheus has answered so far (its own `prometheus_http_requests_total`).
+pub async fn prometheus_queries(prom: &str) -> u64 {
+    let body = http_get(&format!("{prom}/metrics")).await;
+    body.lines()
+        .filter(|l| {
+            l.starts_with("prometheus_http_requests_total{")
+                && l.contains("handler=\"/api/v1/query\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
