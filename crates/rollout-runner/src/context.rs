@@ -3,7 +3,7 @@
 //! machine, failure counts for the backoff, how each rollout ended, Prometheus clients, the
 //! Event recorder and the Lease this driver must hold to write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use rollout_policy::Policy;
 use crate::Millis;
 use crate::error::Error;
 use crate::fanout::Fanout;
+use crate::isvc::{self, Isvc};
 use crate::lease::LeaseHandle;
 use crate::metrics::Prom;
 use crate::telemetry::Telemetry;
@@ -43,8 +44,9 @@ pub(crate) struct Memo {
     pub(crate) persisted: Option<serde_json::Value>,
     pub(crate) state: State,
     pub(crate) written_at: Millis,
-    /// The policy hash and its compiled machine.
-    pub(crate) machine: Option<(String, Machine)>,
+    /// The hash of the policy text last checked ([`Context::source_hash`]), its compiled
+    /// machine and its fingerprint.
+    pub(crate) checked: Option<(u64, Machine, rollout_api::PolicyFingerprint)>,
     /// Consecutive failed reconciles (for the backoff).
     pub(crate) failures: u32,
     /// The rollout was read again from the API server since: `state` is not used.
@@ -78,6 +80,15 @@ pub struct Context {
     pub(crate) telemetry: Option<Arc<Telemetry>>,
     /// Queries shared among rollouts (a controller's); none: each rollout asks its own.
     pub(crate) fanout: Option<Arc<Fanout>>,
+    /// InferenceServices as a controller's watches have them; none: every read is a GET.
+    targets: Option<isvc::Cache>,
+    /// Rollouts whose next InferenceService read goes to the API server (first sight, after
+    /// an InferenceService write or a 409 on one).
+    target_fresh: Mutex<HashSet<String>>,
+    /// The resourceVersion of each rollout's last status write by this driver.
+    written_rv: Mutex<HashMap<String, String>>,
+    /// Keys the hash of policy texts (random per process, so texts cannot be made to collide).
+    hasher: std::hash::RandomState,
 }
 
 /// The measurements of the last decision of a rollout.
@@ -130,6 +141,54 @@ impl Context {
             read_at: Mutex::new(HashMap::new()),
             telemetry: None,
             fanout: None,
+            targets: None,
+            target_fresh: Mutex::new(HashSet::new()),
+            written_rv: Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// Reads InferenceServices from `cache` where its copy may be decided on
+    /// ([`Context::read_target`]).
+    #[must_use]
+    pub fn with_targets(mut self, cache: isvc::Cache) -> Context {
+        self.targets = Some(cache);
+        self
+    }
+
+    /// The InferenceService of rollout `key`, and whether it is the watch's copy. The watch's
+    /// copy is used only while the rollout's own copy is trusted ([`Context::cache_trusted`])
+    /// and this driver has not written the InferenceService or met a 409 on it since it last
+    /// read it from the API server; otherwise, and when the watch does not have it, a GET.
+    pub(crate) async fn read_target(
+        &self,
+        key: &str,
+        target: &Isvc,
+    ) -> Result<(Arc<kube::api::DynamicObject>, bool), kube::Error> {
+        if let Some(cache) = &self.targets
+            && self.cache_trusted(key)
+            && self.target_fresh.lock().is_ok_and(|f| !f.contains(key))
+            && let Some(o) = cache.get(&target.namespace, &target.name)
+        {
+            return Ok((o, true));
+        }
+        let o = target.get().await?;
+        if let Ok(mut f) = self.target_fresh.lock() {
+            f.remove(key);
+        }
+        Ok((Arc::new(o), false))
+    }
+
+    /// The hash a policy text is remembered by.
+    pub(crate) fn source_hash(&self, text: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, text)
+    }
+
+    fn target_changed(&self, key: &str) {
+        if self.targets.is_some()
+            && let Ok(mut f) = self.target_fresh.lock()
+        {
+            f.insert(key.to_string());
         }
     }
 
@@ -195,6 +254,7 @@ impl Context {
     /// The delay before an InferenceService write that met a 409 is made again: doubling from
     /// 100 ms to 6.4 s, jittered, until a write of that rollout succeeds ([`Context::wrote`]).
     pub(crate) fn conflicted(&self, key: &str) -> Duration {
+        self.target_changed(key);
         let n = self.conflicts.lock().map_or(1, |mut c| {
             let n = c.entry(key.to_string()).or_insert(0);
             *n = n.saturating_add(1);
@@ -206,6 +266,7 @@ impl Context {
 
     /// An InferenceService write of a rollout succeeded.
     pub(crate) fn wrote(&self, key: &str) {
+        self.target_changed(key);
         if let Ok(mut c) = self.conflicts.lock() {
             c.remove(key);
         }
@@ -226,6 +287,28 @@ impl Context {
             .is_ok_and(|m| m.get(key).copied() == Some(epoch))
     }
 
+    /// This driver wrote the rollout's status; the API server answered with `rv`.
+    pub(crate) fn wrote_rollout(&self, key: &str, rv: Option<String>) {
+        if let Ok(mut w) = self.written_rv.lock() {
+            match rv {
+                Some(rv) => w.insert(key.to_string(), rv),
+                None => w.remove(key),
+            };
+        }
+    }
+
+    /// Whether `mr` (the watch's copy) is at least as new as this driver's last status write
+    /// of it: the copy carries that write's resourceVersion, or this driver has not written it
+    /// since it last read it. A watch that lags behind a write (or a change by someone else
+    /// since) sends the reconcile to the API server for the object, instead of deciding on the
+    /// lagging copy and losing the write to a 409.
+    pub(crate) fn newest_written(&self, key: &str, mr: &ModelRollout) -> bool {
+        self.written_rv.lock().is_ok_and(|w| {
+            w.get(key)
+                .is_none_or(|rv| mr.metadata.resource_version.as_ref() == Some(rv))
+        })
+    }
+
     /// A rollout was read from the API server: the state and measurements remembered of it
     /// before are not used again.
     pub(crate) fn read_fresh(&self, key: &str) {
@@ -237,6 +320,10 @@ impl Context {
             m.superseded = true;
         }
         self.forget(key);
+        self.target_changed(key);
+        if let Ok(mut w) = self.written_rv.lock() {
+            w.remove(key);
+        }
         if let Ok(mut m) = self.read_at.lock() {
             m.insert(key.to_string(), epoch);
         }

@@ -401,7 +401,6 @@ async fn lead(
     if !query_tick.is_zero() {
         ctx = ctx.with_fanout(Arc::new(Fanout::new(query_tick)));
     }
-    let ctx = Arc::new(ctx);
     let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
     // The rolloutctl Leases, cached: a claim that is already ours costs no API call.
     let mut leases = HashMap::new();
@@ -411,7 +410,7 @@ async fn lead(
         let (reader, writer) = reflector::store();
         let stream = reflector::reflector(
             writer,
-            watcher(api, watcher::Config::default().labels(&managed)),
+            watcher(api, watcher::Config::default().labels(&managed)).modify(strip),
         )
         .default_backoff()
         .touched_objects();
@@ -428,6 +427,26 @@ async fn lead(
             return FleetEnd::Failed("the Lease cache did not fill within 30 s".into());
         }
     }
+    // The InferenceServices, cached: an evaluation reads its target from the watch
+    // (`isvc::Cache`), and a change to one brings its rollout back.
+    let mut targets = isvc::Cache::default();
+    let mut target_streams = Vec::new();
+    for ns in &scopes {
+        let api: Api<DynamicObject> = match ns.as_str() {
+            "" => Api::all_with(client.clone(), &isvc::resource()),
+            ns => Api::namespaced_with(client.clone(), ns, &isvc::resource()),
+        };
+        let writer = reflector::store::Writer::new(isvc::resource());
+        targets.insert(ns, writer.as_reader());
+        target_streams.push(
+            reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).modify(isvc::slim),
+            )
+            .applied_objects(),
+        );
+    }
+    let ctx = Arc::new(ctx.with_targets(targets));
     let fleet = Arc::new(Fleet {
         ctx,
         client: client.clone(),
@@ -438,24 +457,44 @@ async fn lead(
         driving: Mutex::new(HashSet::new()),
         lease_duration: handle.lock.duration,
     });
-    let controllers = scopes.iter().map(|ns| {
+    let controllers = scopes.iter().zip(target_streams).map(|(ns, isvcs)| {
         let mrs: Api<ModelRollout> = scoped(&client, ns);
-        let isvcs: Api<DynamicObject> = match ns.as_str() {
-            "" => Api::all_with(client.clone(), &isvc::resource()),
-            ns => Api::namespaced_with(client.clone(), ns, &isvc::resource()),
-        };
+        let (reader, writer) = reflector::store();
+        // Only a change of the spec (an operator verb, a policy edit) or a deletion brings a
+        // rollout back early: its status is this controller's own writing, and reacting to
+        // it would reconcile every rollout once more per status write.
+        let mrs = reflector::reflector(
+            writer,
+            watcher(mrs, watcher::Config::default()).modify(strip),
+        )
+        .applied_objects()
+        .predicate_filter(
+            |mr: &ModelRollout| {
+                Some(std::hash::BuildHasher::hash_one(
+                    &std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default(),
+                    (
+                        mr.metadata.generation,
+                        mr.metadata.deletion_timestamp.is_some(),
+                    ),
+                ))
+            },
+            kube::runtime::PredicateConfig::default(),
+        );
         let lease_api: Api<Lease> = scoped(&client, ns);
         let leader = (leader_namespace.to_string(), leader_lease.to_string());
-        Controller::new(mrs, watcher::Config::default())
+        // As `Controller::new`, with the cached objects slimmed (`strip`).
+        Controller::for_stream(mrs, reader)
             // Bounded: a burst (a restart with thousands of rollouts due) queues here instead of
             // flooding the API server and Prometheus.
             .with_config(
                 kube::runtime::controller::Config::default().concurrency(concurrency.max(1)),
             )
             // A ModelRollout is named after its InferenceService.
-            .watches_with(isvcs, isvc::resource(), watcher::Config::default(), |o| {
-                Some(ObjectRef::<ModelRollout>::new(&o.name_any()).within(&o.namespace()?))
-            })
+            .watches_stream_with(
+                isvcs,
+                |o| Some(ObjectRef::<ModelRollout>::new(&o.name_any()).within(&o.namespace()?)),
+                isvc::resource(),
+            )
             // A runner letting go of a rollout's Lease brings the rollout back.
             .watches(
                 lease_api,
@@ -499,6 +538,16 @@ async fn lead(
     };
     caches.iter().for_each(tokio::task::JoinHandle::abort);
     end
+}
+
+/// What the caches keep of an object: all but `managedFields`, which no reconcile reads from
+/// a cached copy (the out-of-band traffic check reads it from the API server) and which is
+/// often the largest part of an object. A status written back from a stripped copy leaves the
+/// server's managedFields as they are: an update without the field keeps them
+/// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#clearing-managedfields>).
+/// kube-rs recommends this for memory (`WatchStreamExt::modify`).
+fn strip<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 fn scoped<K>(client: &Client, ns: &str) -> Api<K>

@@ -7,9 +7,13 @@
 //! (`pkg/controller/v1beta1/inferenceservice/components/predictor.go`): any other write would
 //! create a new revision and restart the canary it is judging.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::reflector::{ObjectRef, Store};
 use rollout_engine::Cluster;
 use serde_json::Value;
 
@@ -99,6 +103,124 @@ impl Isvc {
     }
 }
 
+/// The InferenceServices as a controller's watches have them, per watched namespace (`""`:
+/// all), each reduced to what the runner reads ([`slim`]; who last set a field is read from
+/// the API server itself).
+///
+/// A cached copy may lag the API server by a watch event. That is safe for the one write made
+/// from it: the traffic patch carries the copy's resourceVersion, so a stale copy earns a 409,
+/// never a write on outdated facts ([`Isvc::set_traffic`]).
+#[derive(Clone, Default)]
+pub struct Cache {
+    scopes: HashMap<String, Store<DynamicObject>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("scopes", &self.scopes.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// Adds the store of one watched namespace (`""`: all namespaces).
+    pub fn insert(&mut self, scope: &str, store: Store<DynamicObject>) {
+        self.scopes.insert(scope.to_string(), store);
+    }
+
+    /// The cached `namespace/name`, if the watch has it.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
+        let store = self.scopes.get(namespace).or_else(|| self.scopes.get(""))?;
+        store.get(&ObjectRef::new_with(name, resource()).within(namespace))
+    }
+
+    /// Every store, to wait until each has listed its objects.
+    pub fn stores(&self) -> impl Iterator<Item = &Store<DynamicObject>> {
+        self.scopes.values()
+    }
+}
+
+/// Keeps of an InferenceService only what the runner reads from a cached copy (what
+/// [`deployment_mode`], [`has_component`], [`storage_uri`] and [`observe`] read, the
+/// components' revisions and `canaryTrafficPercent`, and the identity and resourceVersion the
+/// traffic write is guarded by). A controller caches every InferenceService in its scope, and
+/// a real one carries containers, resources, environment and URLs the runner never looks at.
+pub fn slim(o: &mut DynamicObject) {
+    let m = &mut o.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    m.finalizers = None;
+    m.owner_references = None;
+    m.creation_timestamp = None;
+    m.annotations = m
+        .annotations
+        .take()
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k == "serving.kserve.io/deploymentMode")
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
+    let pick = |v: &Value, keys: &[&str]| -> Value {
+        let mut out = serde_json::Map::new();
+        for k in keys {
+            if let Some(x) = v.get(*k) {
+                out.insert((*k).to_string(), x.clone());
+            }
+        }
+        Value::Object(out)
+    };
+    let mut spec = serde_json::Map::new();
+    for (name, c) in o.data["spec"].as_object().into_iter().flatten() {
+        let Some(c) = c.as_object() else { continue };
+        let mut kept = serde_json::Map::new();
+        for (k, v) in c {
+            if matches!(k.as_str(), "canaryTrafficPercent" | "storageUri") {
+                kept.insert(k.clone(), v.clone());
+            } else if let Some(u) = v.get("storageUri") {
+                // `model` or a framework block: only its model's location is read.
+                kept.insert(k.clone(), serde_json::json!({ "storageUri": u }));
+            }
+        }
+        spec.insert(name.clone(), Value::Object(kept));
+    }
+    let st = &o.data["status"];
+    let mut status = serde_json::Map::new();
+    if let Some(m) = st.get("deploymentMode") {
+        status.insert("deploymentMode".into(), m.clone());
+    }
+    if let Some(c) = st["conditions"].as_array() {
+        let ready: Vec<Value> = c
+            .iter()
+            .filter(|c| c["type"] == "Ready")
+            .map(|c| pick(c, &["type", "status"]))
+            .collect();
+        status.insert("conditions".into(), Value::Array(ready));
+    }
+    let mut comps = serde_json::Map::new();
+    for (name, c) in st["components"].as_object().into_iter().flatten() {
+        let mut kept = pick(
+            c,
+            &[
+                "latestCreatedRevision",
+                "latestReadyRevision",
+                "latestRolledoutRevision",
+            ],
+        );
+        if let (Some(t), Some(k)) = (c["traffic"].as_array(), kept.as_object_mut()) {
+            let t = t
+                .iter()
+                .map(|t| pick(t, &["tag", "revisionName", "percent", "latestRevision"]))
+                .collect();
+            k.insert("traffic".into(), Value::Array(t));
+        }
+        comps.insert(name.clone(), kept);
+    }
+    status.insert("components".into(), Value::Object(comps));
+    o.data = serde_json::json!({ "spec": spec, "status": status });
+}
+
 /// The deployment mode from the status or the annotation.
 pub fn deployment_mode(obj: &DynamicObject) -> String {
     obj.data
@@ -177,5 +299,87 @@ pub fn observe(obj: &DynamicObject, component: &str) -> Cluster {
         // Judge only a settled cluster: Ready, and the latest created revision is the ready one.
         ready: ready && latest_ready.is_some() && latest_ready == latest_created,
         observed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An InferenceService as KServe reports it (the sandbox's shape, plus what a real one
+    /// carries besides: resources, containers, labels, URLs, model status).
+    fn full(canary: Option<i64>, mode: Option<&str>, ready: &str) -> DynamicObject {
+        let mut spec = serde_json::json!({
+            "minReplicas": 1,
+            "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://m/2",
+                      "resources": {"limits": {"cpu": "1", "memory": "2Gi"}},
+                      "env": [{"name": "A", "value": "b"}]},
+        });
+        if let Some(p) = canary {
+            spec["canaryTrafficPercent"] = serde_json::json!(p);
+        }
+        let mut annotations =
+            serde_json::json!({"team": "fraud", "sidecar.istio.io/inject": "true"});
+        if let Some(m) = mode {
+            annotations["serving.kserve.io/deploymentMode"] = serde_json::json!(m);
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
+                         "generation": 3, "labels": {"app": "m"}, "finalizers": ["inferenceservice.finalizers"],
+                         "annotations": annotations},
+            "spec": {"predictor": spec, "transformer": {"containers": [{"image": "t"}]}},
+            "status": {
+                "address": {"url": "http://m.ns.svc"}, "url": "http://m.ns.example.com",
+                "conditions": [
+                    {"type": "IngressReady", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                    {"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                "modelStatus": {"states": {"activeModelState": "Loaded"}},
+                "components": {"predictor": {
+                    "address": {"url": "http://x"}, "url": "http://y",
+                    "latestCreatedRevision": "m-predictor-00002",
+                    "latestReadyRevision": "m-predictor-00002",
+                    "latestRolledoutRevision": "m-predictor-00001",
+                    "traffic": [
+                        {"latestRevision": true, "percent": 10, "revisionName": "m-predictor-00002"},
+                        {"latestRevision": false, "percent": 90, "revisionName": "m-predictor-00001",
+                         "tag": "prev", "url": "http://prev"}]}}
+            }
+        }))
+        .expect("an InferenceService")
+    }
+
+    #[test]
+    fn a_slim_copy_reads_as_the_full_object() {
+        for (canary, mode, ready) in [
+            (Some(10), None, "True"),
+            (None, Some("Knative"), "False"),
+            (Some(0), Some("Standard"), "True"),
+        ] {
+            let o = full(canary, mode, ready);
+            let mut s = o.clone();
+            slim(&mut s);
+            for component in ["predictor", "transformer", "explainer"] {
+                assert_eq!(
+                    observe(&s, component),
+                    observe(&o, component),
+                    "{component}"
+                );
+                assert_eq!(has_component(&s, component), has_component(&o, component));
+                assert_eq!(storage_uri(&s, component), storage_uri(&o, component));
+            }
+            assert_eq!(deployment_mode(&s), deployment_mode(&o));
+            let pointer = "/spec/predictor/canaryTrafficPercent";
+            assert_eq!(s.data.pointer(pointer), o.data.pointer(pointer));
+            assert_eq!(s.metadata.resource_version, o.metadata.resource_version);
+            let rev =
+                |d: &DynamicObject, f: &str| d.data["status"]["components"]["predictor"][f].clone();
+            for f in ["latestCreatedRevision", "latestRolledoutRevision"] {
+                assert_eq!(rev(&s, f), rev(&o, f));
+            }
+            let len = |d: &DynamicObject| serde_json::to_string(d).map_or(0, |t| t.len());
+            assert!(len(&s) * 10 < len(&o) * 6, "{} of {}", len(&s), len(&o));
+        }
     }
 }

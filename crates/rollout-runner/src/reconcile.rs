@@ -48,7 +48,7 @@ pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<D
     // Fencing: decide only on the object as the API server has it now when the watch's copy
     // may be stale (first sight, a 409, the Lease taken back after another runner held it).
     let fresh;
-    let mr = if ctx.cache_trusted(&key) {
+    let mr = if ctx.cache_trusted(&key) && ctx.newest_written(&key, mr) {
         mr
     } else {
         let api: Api<ModelRollout> =
@@ -111,7 +111,10 @@ async fn write_status(
         .replace_status(&mr.name_any(), &PostParams::default(), &next)
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => {
+            ctx.wrote_rollout(key, written.resource_version());
+            Ok(())
+        }
         Err(e) if isvc::conflict(&e) => {
             ctx.distrust(key);
             Err(Error::Conflict(format!("ModelRollout {key}")))
@@ -199,29 +202,52 @@ async fn reconcile_one(
     };
     let original = status.clone();
 
-    // The policy, checked on every read.
-    let policy = match policy::check(&format!("ModelRollout {key}"), &mr.spec.policy) {
-        Ok(p) => p,
-        Err(diagnostics) => {
-            let err = Error::InvalidPolicy {
-                rollout: key.to_string(),
-                diagnostics: diagnostics.clone(),
+    // The policy, checked on every read of a new text (a text already checked is not parsed
+    // again: its checked form, fingerprint and machine are remembered with its hash).
+    let source = ctx.source_hash(&mr.spec.policy);
+    let known = ctx.with_memo(key, |m| {
+        m.and_then(|m| m.checked.as_ref().filter(|c| c.0 == source).cloned())
+    });
+    let (machine, fp) = match known {
+        Some((_, machine, fp)) => (machine, fp),
+        None => {
+            let policy = match policy::check(&format!("ModelRollout {key}"), &mr.spec.policy) {
+                Ok(p) => p,
+                Err(diagnostics) => {
+                    let err = Error::InvalidPolicy {
+                        rollout: key.to_string(),
+                        diagnostics: diagnostics.clone(),
+                    };
+                    let msg = format!(
+                        "{diagnostics}\nno decision is made until the policy is fixed; traffic stays where it is"
+                    );
+                    return stop_with(
+                        ctx,
+                        mr,
+                        key,
+                        status,
+                        &original,
+                        ("PolicyValid", "InvalidPolicy", &msg),
+                        err,
+                    )
+                    .await;
+                }
             };
-            let msg = format!(
-                "{diagnostics}\nno decision is made until the policy is fixed; traffic stays where it is"
-            );
-            return stop_with(
-                ctx,
-                mr,
-                key,
-                status,
-                &original,
-                ("PolicyValid", "InvalidPolicy", &msg),
-                err,
-            )
-            .await;
+            let fp = policy::fingerprint(&policy);
+            let machine = ctx
+                .with_memo(key, |m| {
+                    m.and_then(|m| {
+                        m.checked
+                            .as_ref()
+                            .filter(|c| c.2.hash == fp.hash)
+                            .map(|c| c.1.clone())
+                    })
+                })
+                .unwrap_or_else(|| Machine::compile(policy));
+            (machine, fp)
         }
     };
+    let policy = machine.policy();
     if policy.target.name != name || policy.target.namespace != ns {
         let msg = format!(
             "the policy targets InferenceService {}/{}; a ModelRollout drives the InferenceService of its own name and namespace ({key})",
@@ -252,24 +278,13 @@ async fn reconcile_one(
         now,
         generation,
     );
-    let fp = policy::fingerprint(&policy);
-    let machine = ctx
-        .with_memo(key, |m| {
-            m.and_then(|m| {
-                m.machine
-                    .as_ref()
-                    .filter(|(h, _)| *h == fp.hash)
-                    .map(|(_, mc)| mc.clone())
-            })
-        })
-        .unwrap_or_else(|| Machine::compile(policy.clone()));
 
     // The target.
     if !ctx.dry_run {
         ctx.may_write()?;
     }
     let target = Isvc::new(ctx.client.clone(), &ns, &name);
-    let obj = match target.get().await {
+    let (mut obj, cached) = match ctx.read_target(key, &target).await {
         Ok(o) => o,
         Err(e) if isvc::not_found(&e) => {
             let msg =
@@ -453,12 +468,18 @@ async fn reconcile_one(
     if !ctx.dry_run
         && let Some((expected, accepted)) = expected_traffic(&state)
     {
-        let spec = obj
-            .data
-            .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
-            .and_then(serde_json::Value::as_i64);
+        let mut traffic = traffic_set(&obj, component, &accepted);
+        // The watch's copy has no managedFields and may lag this driver's own last write:
+        // what does not fit is confirmed on the API server's copy before it is acted on.
+        if !traffic.1 && cached {
+            obj = match target.get().await {
+                Ok(o) => Arc::new(o),
+                Err(e) => return Err(Error::kube(format!("reading InferenceService {key}"), e)),
+            };
+            traffic = traffic_set(&obj, component, &accepted);
+        }
+        let (spec, fits) = traffic;
         let by = field_owner(&obj, component);
-        let fits = spec.is_some_and(|p| accepted.iter().any(|a| i64::from(*a) == p));
         if !fits && by.as_deref() != Some(isvc::FIELD_MANAGER) {
             ctx.may_write()?;
             let rv = obj.metadata.resource_version.clone().unwrap_or_default();
@@ -502,7 +523,7 @@ async fn reconcile_one(
             .is_none_or(|c| c.status != "True")
     {
         let stable = cluster.stable_revision.clone().unwrap_or_default();
-        let checked = match ctx.prom(&policy) {
+        let checked = match ctx.prom(policy) {
             Ok(p) => preflight::check(&machine, &p, &stable, now).await,
             Err(e) => Err(e),
         };
@@ -546,7 +567,7 @@ async fn reconcile_one(
     let observations = match ctx.reuse(key, &keys, &revisions, now, interval) {
         Some(obs) => obs,
         None => {
-            let obs = measure(ctx, &policy, key, &keys, &revisions, now).await;
+            let obs = measure(ctx, policy, key, &keys, &revisions, now).await;
             if !keys.is_empty() {
                 ctx.remember(key, keys.clone(), revisions.clone(), now, obs.clone());
             }
@@ -620,14 +641,14 @@ async fn reconcile_one(
         original.state.clone()
     };
     {
-        let machine_entry = (fp.hash.clone(), machine.clone());
+        let machine_entry = (source, machine.clone(), fp.clone());
         if let Ok(mut m) = ctx.memo.lock() {
             let e = m.entry(key.to_string()).or_insert_with(|| Memo {
                 uid: uid.clone(),
                 persisted: None,
                 state: state.clone(),
                 written_at,
-                machine: None,
+                checked: None,
                 failures: 0,
                 superseded: false,
                 dry: None,
@@ -637,7 +658,7 @@ async fn reconcile_one(
             e.superseded = false;
             e.state = state.clone();
             e.written_at = written_at;
-            e.machine = Some(machine_entry);
+            e.checked = Some(machine_entry);
             if ctx.dry_run {
                 e.dry = Some(status.clone());
             }
@@ -747,6 +768,20 @@ fn expected_traffic(state: &State) -> Option<(u8, Vec<u8>)> {
         Phase::RollingBack { .. } => Some((0, vec![was, 0])),
         _ => None,
     }
+}
+
+/// The component's `canaryTrafficPercent` and whether it is one the step accepts.
+fn traffic_set(
+    obj: &kube::api::DynamicObject,
+    component: &str,
+    accepted: &[u8],
+) -> (Option<i64>, bool) {
+    let spec = obj
+        .data
+        .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
+        .and_then(serde_json::Value::as_i64);
+    let fits = spec.is_some_and(|p| accepted.iter().any(|a| i64::from(*a) == p));
+    (spec, fits)
 }
 
 /// The field manager that last set the component's `canaryTrafficPercent` (`managedFields`).

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use crate::world::*;
@@ -576,5 +576,102 @@ async fn at_a_30s_interval_with_the_default_lease_the_leader_keeps_leading() {
         Some(0),
         "the leader Lease never changed hands"
     );
+    w.sandbox.shutdown().await;
+}
+
+/// The controller reads InferenceServices from its watch (no GET per evaluation) and its
+/// cached copies carry no managedFields: traffic set by hand is still restored at once, and
+/// the Event still names who set it (the copy that does not fit is read again from the API
+/// server before anything is written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_controller_reads_from_its_watch_and_still_restores_traffic_set_by_hand() {
+    let w = world(60.0).await;
+    w.canary(json!({})).await;
+    let steps = "    traffic 10%\n    hold 20s\n    traffic 25%\n    hold 6s\n    promote";
+    let file = w.dir.path().join("sklearn-iris.rollout");
+    std::fs::write(&file, policy_for("sklearn-iris", "", steps)).expect("write");
+    let traffic = w.record_traffic();
+    assert!(apply(&w, &[&file], &[]).status.success());
+    let c = w.controller("ctl-a", &[]);
+    c.until(40, "the 10% hold", |d| {
+        d["to"] == "holding" && d["traffic"] == 10
+    })
+    .await;
+    let quiet = Instant::now();
+    let before = c
+        .decisions()
+        .iter()
+        .filter(|d| d["evaluated"] == true)
+        .count();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let evaluated = c
+        .decisions()
+        .iter()
+        .filter(|d| d["evaluated"] == true)
+        .count()
+        - before;
+    let reads = w
+        .sandbox
+        .requests_since(quiet)
+        .iter()
+        .filter(|q| {
+            q.method == "GET"
+                && !q.watch
+                && q.agent.contains("controller")
+                && q.path.ends_with("inferenceservices/sklearn-iris")
+        })
+        .count();
+    eprintln!("E2E controller: {evaluated} evaluations, {reads} InferenceService GETs in 4 s");
+    assert!(
+        evaluated >= 3,
+        "{evaluated} evaluations in 4 s at a 1 s interval"
+    );
+    assert_eq!(reads, 0, "evaluations read the watch's copy");
+    w.isvc
+        .api
+        .patch(
+            "sklearn-iris",
+            &PatchParams {
+                field_manager: Some("ops-by-hand".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"predictor": {"canaryTrafficPercent": 100}}})),
+        )
+        .await
+        .expect("patch");
+    let changed = Instant::now();
+    let deadline = changed + Duration::from_secs(10);
+    while spec_percent(&w.obj().await) != Some(10) {
+        assert!(Instant::now() < deadline, "not restored within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restored = changed.elapsed();
+    eprintln!(
+        "E2E controller: 100% by hand restored to 10% in {:.2}s",
+        restored.as_secs_f64()
+    );
+    assert!(restored < Duration::from_secs(3), "{restored:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(w.client.clone(), "kserve-test");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let note = loop {
+        let list = events.list(&Default::default()).await.expect("events");
+        if let Some(n) = list
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("OutOfBandTraffic"))
+            .and_then(|e| e.note.clone())
+        {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no OutOfBandTraffic Event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        note.contains("ops-by-hand"),
+        "the Event names the writer: {note}"
+    );
+    until_phase_explained(&w, "sklearn-iris", "promoted", 90, &[&c]).await;
+    assert_eq!(traffic.values(), vec![10, 100, 10, 25, 100]);
     w.sandbox.shutdown().await;
 }
