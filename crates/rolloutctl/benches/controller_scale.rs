@@ -336,7 +336,13 @@ async fn size(n: usize) -> Result<String, String> {
     let port = rollout_sandbox::prometheus::free_port().map_err(|e| e.to_string())?;
     let log = std::fs::File::create(std::env::temp_dir().join(format!("bench-controller-{n}.log")))
         .map_err(|e| e.to_string())?;
-    let child = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+    // `BENCH_CONTROLLER_PREFIX="heaptrack -o /tmp/ht"` runs the controller under a profiler
+    // (its RSS and CPU columns then measure the profiler too).
+    let prefix = std::env::var("BENCH_CONTROLLER_PREFIX").unwrap_or_default();
+    let mut words: Vec<String> = prefix.split_whitespace().map(str::to_string).collect();
+    words.push(env!("CARGO_BIN_EXE_rolloutctl").to_string());
+    let child = Command::new(&words[0])
+        .args(&words[1..])
         .args(["controller", "--leader-election-namespace", "fleet-0"])
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{port}"))
@@ -401,6 +407,26 @@ async fn size(n: usize) -> Result<String, String> {
     let p95 = quantile(&b0, &b1, 0.95);
     let evaluations = b1.last().map_or(0.0, |l| l.1) - b0.last().map_or(0.0, |l| l.1);
     let still = holding(&m1);
+    // What one ModelRollout weighs (JSON bytes), the part the controller caches per rollout.
+    {
+        let (ns0, name0) = &targets[0];
+        let api: Api<ModelRollout> = Api::namespaced(client.clone(), ns0);
+        if let Ok(mr) = api.get(name0).await {
+            let v = serde_json::to_value(&mr).unwrap_or_default();
+            let size = |v: &Value| serde_json::to_string(v).map_or(0, |t| t.len());
+            let mut parts: Vec<String> = Vec::new();
+            for (k, x) in v["status"].as_object().into_iter().flatten() {
+                parts.push(format!("status.{k} {}", size(x)));
+            }
+            eprintln!(
+                "<!-- ModelRollout {ns0}/{name0}: {} B JSON; spec {}; metadata {}; {} -->",
+                size(&v),
+                size(&v["spec"]),
+                size(&v["metadata"]),
+                parts.join(", ")
+            );
+        }
+    }
 
     // One breach among them: the canary of model-0 becomes slow (p95 6 s), or, without the
     // latency histogram, fails every request (its 5xx series is new: `increase` needs two
