@@ -188,7 +188,7 @@ pub struct ModelRolloutStatus {
     /// The engine's state (versioned JSON), from which a restarted runner resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
-    pub state: Option<serde_json::Value>,
+    pub state: Option<StateText>,
     /// A digest of `state` and this object's uid: a state edited by hand, corrupted, or copied
     /// from another ModelRollout does not match it and is never acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +290,44 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
+/// `status.state`, held as its compact JSON text (object keys sorted, so two equal states have
+/// equal texts). On the wire it is the JSON object itself. In memory a text costs its length,
+/// where a `serde_json::Value` tree of the same small objects costs several times that; a
+/// controller holds one per ModelRollout in its cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateText(String);
+
+impl StateText {
+    /// The text of `value`.
+    pub fn new(value: &serde_json::Value) -> StateText {
+        StateText(value.to_string())
+    }
+
+    /// The state as a JSON value.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The compact JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for StateText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StateText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StateText, D::Error> {
+        // Through a `Value`, whose maps are sorted: the text is canonical whatever the order
+        // the API server sent.
+        serde_json::Value::deserialize(d).map(|v| StateText::new(&v))
+    }
+}
+
 fn preserve_unknown_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -318,4 +356,36 @@ pub fn crd_json() -> serde_json::Value {
 /// The name of the CRD.
 pub fn crd_name() -> Cow<'static, str> {
     Cow::Owned(format!("{PLURAL}.{GROUP}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_text_is_the_json_object_on_the_wire_and_canonical_in_memory() {
+        let a: ModelRolloutStatus =
+            serde_json::from_str(r#"{"state":{"v":1,"phase":{"holding":{"since":5}},"step":0}}"#)
+                .expect("status");
+        let b: ModelRolloutStatus =
+            serde_json::from_str(r#"{"state":{"step":0,"phase":{"holding":{"since":5}},"v":1}}"#)
+                .expect("status");
+        assert_eq!(a, b, "the order of keys does not make two states differ");
+        let text = a.state.as_ref().map(StateText::as_str);
+        assert_eq!(
+            text,
+            Some(r#"{"phase":{"holding":{"since":5}},"step":0,"v":1}"#)
+        );
+        let wire = serde_json::to_value(&a).expect("serialize");
+        assert_eq!(
+            wire["state"]["phase"]["holding"]["since"], 5,
+            "an object, not a string"
+        );
+        let back: ModelRolloutStatus = serde_json::from_value(wire).expect("from a Value too");
+        assert_eq!(back, a);
+        let changed: ModelRolloutStatus =
+            serde_json::from_str(r#"{"state":{"v":1,"phase":{"holding":{"since":6}},"step":0}}"#)
+                .expect("status");
+        assert_ne!(changed, a);
+    }
 }

@@ -41,7 +41,7 @@ pub(crate) struct Memo {
     pub(crate) uid: String,
     /// `status.state` as last written or read: the context's copy is used only while the
     /// object still holds exactly this.
-    pub(crate) persisted: Option<serde_json::Value>,
+    pub(crate) persisted: Option<rollout_api::StateText>,
     pub(crate) state: State,
     pub(crate) written_at: Millis,
     /// The hash of the policy text last checked ([`Context::source_hash`]), its compiled

@@ -359,13 +359,17 @@ async fn reconcile_one(
             && r.attempt == status.attempt.unwrap_or(1) + 1
     });
     if let Some(stored) = &status.state
-        && status.state_digest.as_deref() != Some(status::digest(&uid, stored).as_str())
+        && status.state_digest.as_deref() != Some(status::digest(&uid, &stored.value()).as_str())
         && !retry_now
     {
         let detail = "it does not match its digest (edited by hand, corrupted, or copied from another ModelRollout)".to_string();
         return invalid_state(ctx, mr, key, status, &original, detail).await;
     }
-    let from_object = match status.state.clone().map(serde_json::from_value::<State>) {
+    let from_object = match status
+        .state
+        .as_ref()
+        .map(|t| serde_json::from_str::<State>(t.as_str()))
+    {
         None => None,
         Some(Ok(s)) => Some(s),
         Some(Err(_)) if retry_now => None,
@@ -613,8 +617,8 @@ async fn reconcile_one(
     });
     let persisted_state: Option<State> = original
         .state
-        .clone()
-        .and_then(|v| serde_json::from_value(v).ok());
+        .as_ref()
+        .and_then(|t| serde_json::from_str(t.as_str()).ok());
     let skeleton_changed = persisted_state
         .as_ref()
         .is_none_or(|p| status::skeleton(p) != status::skeleton(&state));

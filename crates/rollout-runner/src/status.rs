@@ -279,8 +279,9 @@ pub fn fill(status: &mut ModelRolloutStatus, v: &View<'_>) {
     if state.phase.is_terminal() && status.end_time.is_none() {
         status.end_time = Some(rfc3339(v.now));
     }
-    status.state = serde_json::to_value(state).ok();
-    status.state_digest = status.state.as_ref().map(|s| digest(v.uid, s));
+    let value = serde_json::to_value(state).ok();
+    status.state_digest = value.as_ref().map(|s| digest(v.uid, s));
+    status.state = value.as_ref().map(rollout_api::StateText::new);
     status.state_time = Some(rfc3339(v.now));
 }
 

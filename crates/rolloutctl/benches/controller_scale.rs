@@ -344,6 +344,12 @@ async fn size(n: usize) -> Result<String, String> {
     let child = Command::new(&words[0])
         .args(&words[1..])
         .args(["controller", "--leader-election-namespace", "fleet-0"])
+        // `BENCH_CONTROLLER_ARGS="--concurrency 128"`: other settings than the defaults.
+        .args(
+            std::env::var("BENCH_CONTROLLER_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--kubeconfig")
