@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
 use crate::world::*;
@@ -627,46 +627,13 @@ async fn the_controller_reads_from_its_watch_and_still_restores_traffic_set_by_h
         "{evaluated} evaluations in 4 s at a 1 s interval"
     );
     assert_eq!(reads, 0, "evaluations read the watch's copy");
-    w.isvc
-        .api
-        .patch(
-            "sklearn-iris",
-            &PatchParams {
-                field_manager: Some("ops-by-hand".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({"spec": {"predictor": {"canaryTrafficPercent": 100}}})),
-        )
-        .await
-        .expect("patch");
-    let changed = Instant::now();
-    let deadline = changed + Duration::from_secs(10);
-    while spec_percent(&w.obj().await) != Some(10) {
-        assert!(Instant::now() < deadline, "not restored within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let restored = changed.elapsed();
+    let restored = w.set_by_hand_until_restored("ops-by-hand", 100, 10).await;
     eprintln!(
         "E2E controller: 100% by hand restored to 10% in {:.2}s",
         restored.as_secs_f64()
     );
     assert!(restored < Duration::from_secs(3), "{restored:?}");
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(w.client.clone(), "kserve-test");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let note = loop {
-        let list = events.list(&Default::default()).await.expect("events");
-        if let Some(n) = list
-            .items
-            .iter()
-            .find(|e| e.reason.as_deref() == Some("OutOfBandTraffic"))
-            .and_then(|e| e.note.clone())
-        {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "no OutOfBandTraffic Event");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let note = w.out_of_band_note().await;
     assert!(
         note.contains("ops-by-hand"),
         "the Event names the writer: {note}"

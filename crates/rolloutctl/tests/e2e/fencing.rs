@@ -186,49 +186,13 @@ async fn traffic_set_out_of_band_is_restored_at_once_and_the_event_names_the_wri
     eprintln!("E2E InferenceService reads during a hold: {per_s:.1}/s");
     assert!(per_s <= 4.0, "{reads} reads in 4 s");
     // Someone sets the unjudged canary to 100%.
-    w.isvc
-        .api
-        .patch(
-            "sklearn-iris",
-            &PatchParams {
-                field_manager: Some("ops-by-hand".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({"spec": {"predictor": {"canaryTrafficPercent": 100}}})),
-        )
-        .await
-        .expect("patch");
-    let changed = Instant::now();
-    let deadline = changed + Duration::from_secs(10);
-    loop {
-        if spec_percent(&w.obj().await) == Some(10) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not restored within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let restored = changed.elapsed();
+    let restored = w.set_by_hand_until_restored("ops-by-hand", 100, 10).await;
     eprintln!(
         "E2E out-of-band 100% restored to 10% in {:.2}s",
         restored.as_secs_f64()
     );
     assert!(restored < Duration::from_secs(3), "{restored:?}");
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(w.client.clone(), "kserve-test");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let note = loop {
-        let list = events.list(&Default::default()).await.expect("events");
-        if let Some(n) = list
-            .items
-            .iter()
-            .find(|e| e.reason.as_deref() == Some("OutOfBandTraffic"))
-            .and_then(|e| e.note.clone())
-        {
-            break n;
-        }
-        assert!(Instant::now() < deadline, "no OutOfBandTraffic Event");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let note = w.out_of_band_note().await;
     assert!(
         note.contains("ops-by-hand") && note.contains("100") && note.contains("10%"),
         "{note}"

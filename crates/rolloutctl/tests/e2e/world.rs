@@ -275,6 +275,56 @@ impl World {
         self.isvc.get().await.expect("isvc")
     }
 
+    /// Sets the canary's `canaryTrafficPercent` to `percent` as field manager `who` (someone
+    /// by hand, a GitOps sync), then waits up to 10 s until a driver has put it back to
+    /// `expected`: how long that took.
+    pub async fn set_by_hand_until_restored(
+        &self,
+        who: &str,
+        percent: i64,
+        expected: i64,
+    ) -> Duration {
+        self.isvc
+            .api
+            .patch(
+                "sklearn-iris",
+                &PatchParams {
+                    field_manager: Some(who.into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(json!({"spec": {"predictor": {"canaryTrafficPercent": percent}}})),
+            )
+            .await
+            .expect("patch");
+        let changed = Instant::now();
+        let deadline = changed + Duration::from_secs(10);
+        while spec_percent(&self.obj().await) != Some(expected) {
+            assert!(Instant::now() < deadline, "not restored within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        changed.elapsed()
+    }
+
+    /// The note of the `OutOfBandTraffic` Event in kserve-test, waited for up to 5 s.
+    pub async fn out_of_band_note(&self) -> String {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), "kserve-test");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let list = events.list(&Default::default()).await.expect("events");
+            if let Some(n) = list
+                .items
+                .iter()
+                .find(|e| e.reason.as_deref() == Some("OutOfBandTraffic"))
+                .and_then(|e| e.note.clone())
+            {
+                return n;
+            }
+            assert!(Instant::now() < deadline, "no OutOfBandTraffic Event");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The ModelRollout.
     pub async fn rollout(&self) -> ModelRollout {
         self.rollout_of("sklearn-iris").await
@@ -320,28 +370,36 @@ impl World {
 
     /// [`World::record_traffic`] for the InferenceService `name`.
     pub fn record_traffic_of(&self, name: &str) -> TrafficLog {
-        let name = name.to_string();
+        let key = rollout_sandbox::store::Key::new(ids::ISVC, "kserve-test", name);
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = self.sandbox.app().clone();
         let s2 = seen.clone();
+        // Every stored change, from the store's own event stream: a value that lived for a
+        // millisecond (traffic set by hand and restored at once) is recorded too.
+        let (mut rx, now) = {
+            let s = rollout_sandbox::lock(self.sandbox.app());
+            (s.store.subscribe(), s.store.get(&key).ok())
+        };
+        let percent =
+            |o: &serde_json::Value| o["spec"]["predictor"]["canaryTrafficPercent"].as_i64();
+        let push = move |v: Option<i64>| {
+            if let Some(v) = v {
+                let mut s = s2.lock().expect("lock");
+                if s.last() != Some(&v) {
+                    s.push(v);
+                }
+            }
+        };
+        push(now.as_ref().and_then(percent));
         let task = tokio::spawn(async move {
             loop {
-                let v = rollout_sandbox::lock(&app)
-                    .store
-                    .get(&rollout_sandbox::store::Key::new(
-                        ids::ISVC,
-                        "kserve-test",
-                        &name,
-                    ))
-                    .ok()
-                    .and_then(|o| o["spec"]["predictor"]["canaryTrafficPercent"].as_i64());
-                if let Some(v) = v {
-                    let mut s = s2.lock().expect("lock");
-                    if s.last() != Some(&v) {
-                        s.push(v);
+                match rx.recv().await {
+                    Ok(ev) if ev.key == key => push(percent(&ev.object)),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        panic!("the traffic log lagged {n} store events behind")
                     }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
         TrafficLog { seen, task }
@@ -356,6 +414,10 @@ pub struct TrafficLog {
 
 impl TrafficLog {
     pub fn values(&self) -> Vec<i64> {
+        assert!(
+            !self.task.is_finished(),
+            "the traffic log stopped (it lagged behind the store's events)"
+        );
         self.seen.lock().expect("lock").clone()
     }
 }
