@@ -1,26 +1,13 @@
 //! The data plane: a load generator per InferenceService, requests routed by the current traffic
-//! split, and the Knative queue-proxy metrics a real Prometheus scrapes.
+//! split, and the counters behind the request metrics a real Prometheus scrapes (their shape per
+//! serving stack is [`crate::exporter`]'s).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::exporter::{self, Counts, Pod, Stack};
 use crate::kserve::{ANNOTATION_PREFIX, Behaviour};
-
-/// Latency buckets (ms), as Knative's queue-proxy reports them.
-pub const BUCKETS_MS: [f64; 23] = [
-    5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 250.0, 300.0, 350.0, 400.0, 450.0,
-    500.0, 600.0, 700.0, 800.0, 900.0, 1000.0, 2000.0, 5000.0, 10000.0,
-];
-
-/// Counters of one revision and response code (fractional in the analytic mode).
-#[derive(Clone, Debug, Default)]
-struct Series {
-    count: f64,
-    sum_ms: f64,
-    buckets: [f64; BUCKETS_MS.len()],
-}
 
 /// Where one revision's series live.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,9 +20,16 @@ struct RevKey {
 /// All metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
-    series: BTreeMap<RevKey, BTreeMap<u16, Series>>,
+    series: BTreeMap<RevKey, BTreeMap<u16, Counts>>,
+    /// The pod of every revision that serves (its `target_info` exists before its first
+    /// request, as on a cluster, where the pod is up before traffic reaches it).
+    pods: BTreeMap<RevKey, Pod>,
+    started_pods: u32,
     /// Leave the latency histogram out of the exposition (see `Config::latency_histograms`).
     pub counts_only: bool,
+    /// Whose metrics these are.
+    pub stack: Stack,
+    bounds_ms: Vec<f64>,
 }
 
 /// The request rate of an InferenceService: its annotation, or the default.
@@ -108,30 +102,46 @@ pub fn pick<'a>(rng: &mut fastrand::Rng, traffic: &'a [(String, f64)]) -> Option
 }
 
 impl Metrics {
-    /// No series yet; `counts_only` leaves the latency histogram out of the exposition.
-    pub fn counting(counts_only: bool) -> Metrics {
+    /// No series yet, in `stack`'s shape; `counts_only` leaves the latency histogram out of the
+    /// exposition.
+    pub fn counting(stack: Stack, counts_only: bool) -> Metrics {
         Metrics {
             counts_only,
+            stack,
+            bounds_ms: stack.bounds_ms(),
             ..Metrics::default()
         }
     }
 
-    /// Records one request.
+    fn pod(&mut self, key: &RevKey) {
+        if !self.pods.contains_key(key) {
+            let pod = Pod::new(&key.ns, &key.revision, self.started_pods);
+            self.started_pods = self.started_pods.wrapping_add(1);
+            self.pods.insert(key.clone(), pod);
+        }
+    }
+
+    fn counts(&mut self, ns: &str, isvc: &str, revision: &str) -> &mut BTreeMap<u16, Counts> {
+        let key = RevKey {
+            ns: ns.into(),
+            isvc: isvc.into(),
+            revision: revision.into(),
+        };
+        self.pod(&key);
+        self.series.entry(key).or_default()
+    }
+
+    /// Records one request, at the resolution the stack records latencies at.
     pub fn record(&mut self, ns: &str, isvc: &str, revision: &str, o: Outcome) {
-        let s = self
-            .series
-            .entry(RevKey {
-                ns: ns.into(),
-                isvc: isvc.into(),
-                revision: revision.into(),
-            })
-            .or_default()
-            .entry(o.code)
-            .or_default();
+        let n = self.bounds_ms.len();
+        let latency = self.stack.observe_ms(o.latency_ms);
+        let bounds = self.bounds_ms.clone();
+        let s = self.counts(ns, isvc, revision).entry(o.code).or_default();
+        s.buckets.resize(n, 0.0);
         s.count += 1.0;
-        s.sum_ms += o.latency_ms;
-        for (i, b) in BUCKETS_MS.iter().enumerate() {
-            if o.latency_ms <= *b {
+        s.sum_ms += latency;
+        for (i, b) in bounds.iter().enumerate() {
+            if latency <= *b {
                 s.buckets[i] += 1.0;
             }
         }
@@ -152,95 +162,70 @@ impl Metrics {
             }
             0.5 * (1.0 + erf((x.ln() - mu) / (sigma * std::f64::consts::SQRT_2)))
         };
-        let mean = (mu + sigma * sigma / 2.0).exp();
-        let series = self
-            .series
-            .entry(RevKey {
-                ns: ns.into(),
-                isvc: isvc.into(),
-                revision: revision.into(),
-            })
-            .or_default();
+        // A latency recorded at resolution t is floor(L / t) * t: it is at most an edge e
+        // when L < (floor(e / t) + 1) * t. Truncation lowers the mean by about t / 2.
+        let trunc = self.stack.truncation_ms();
+        let below = |e: f64| match trunc {
+            Some(t) => cdf(((e / t).floor() + 1.0) * t),
+            None => cdf(e),
+        };
+        let mean = ((mu + sigma * sigma / 2.0).exp() - trunc.unwrap_or(0.0) / 2.0).max(0.0);
+        let shares: Vec<f64> = self.bounds_ms.iter().map(|e| below(*e)).collect();
+        let series = self.counts(ns, isvc, revision);
         let er = b.error_rate.clamp(0.0, 1.0);
         for (code, m) in [(200u16, n * (1.0 - er)), (500, n * er)] {
             if m <= 0.0 {
                 continue;
             }
             let s = series.entry(code).or_default();
+            s.buckets.resize(shares.len(), 0.0);
             s.count += m;
             s.sum_ms += m * mean;
-            for (i, edge) in BUCKETS_MS.iter().enumerate() {
-                s.buckets[i] += m * cdf(*edge);
+            for (i, share) in shares.iter().enumerate() {
+                s.buckets[i] += m * share;
             }
         }
     }
 
-    /// Forgets the series of revisions that no longer receive traffic (they disappear from the
-    /// exposition, so Prometheus marks them stale).
+    /// Forgets the series and pods of revisions that no longer receive traffic (they disappear
+    /// from the exposition, so Prometheus marks them stale), and starts a pod for every revision
+    /// that does.
     pub fn retain(&mut self, live: &HashMap<(String, String), Vec<String>>) {
-        self.series.retain(|k, _| {
+        let is_live = |k: &RevKey| {
             live.get(&(k.ns.clone(), k.isvc.clone()))
                 .is_some_and(|revs| revs.contains(&k.revision))
-        });
+        };
+        self.series.retain(|k, _| is_live(k));
+        self.pods.retain(|k, _| is_live(k));
+        for ((ns, isvc), revs) in live {
+            for r in revs {
+                self.pod(&RevKey {
+                    ns: ns.clone(),
+                    isvc: isvc.clone(),
+                    revision: r.clone(),
+                });
+            }
+        }
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of the live revisions.
+    /// The Prometheus text exposition (format 0.0.4) of the live revisions, in the stack's shape.
     pub fn exposition(&self) -> String {
-        let mut out = String::new();
-        let labels = |k: &RevKey, code: u16| {
-            format!(
-                "configuration_name=\"{c}\",namespace_name=\"{ns}\",pod_name=\"{r}-deployment-0\",response_code=\"{code}\",response_code_class=\"{class}xx\",revision_name=\"{r}\",service_name=\"{c}\"",
-                c = escape(&format!("{}-predictor", k.isvc)),
-                ns = escape(&k.ns),
-                r = escape(&k.revision),
-                class = code / 100
-            )
-        };
-        out.push_str("# HELP revision_app_request_count The number of requests that are routed to user-container\n");
-        out.push_str("# TYPE revision_app_request_count counter\n");
-        for (k, codes) in &self.series {
-            for (code, s) in codes {
-                let _ = writeln!(
-                    out,
-                    "revision_app_request_count{{{}}} {}",
-                    labels(k, *code),
-                    s.count
-                );
-            }
-        }
-        if self.counts_only {
-            return out;
-        }
-        out.push_str("# HELP revision_app_request_latencies The response time in millisecond\n");
-        out.push_str("# TYPE revision_app_request_latencies histogram\n");
-        for (k, codes) in &self.series {
-            for (code, s) in codes {
-                let l = labels(k, *code);
-                for (i, b) in BUCKETS_MS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "revision_app_request_latencies_bucket{{{l},le=\"{b}\"}} {}",
-                        s.buckets[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "revision_app_request_latencies_bucket{{{l},le=\"+Inf\"}} {}",
-                    s.count
-                );
-                let _ = writeln!(
-                    out,
-                    "revision_app_request_latencies_sum{{{l}}} {}",
-                    s.sum_ms
-                );
-                let _ = writeln!(
-                    out,
-                    "revision_app_request_latencies_count{{{l}}} {}",
-                    s.count
-                );
-            }
-        }
-        out
+        let revisions: Vec<exporter::Revision<'_>> = self
+            .pods
+            .iter()
+            .map(|(k, pod)| exporter::Revision {
+                ns: &k.ns,
+                isvc: &k.isvc,
+                name: &k.revision,
+                pod,
+                codes: self
+                    .series
+                    .get(k)
+                    .map(|c| c.iter().map(|(code, s)| (*code, s)).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        exporter::exposition(self.stack, &revisions, self.counts_only)
     }
 }
 
@@ -255,18 +240,11 @@ fn erf(x: f64) -> f64 {
     if x >= 0.0 { y } else { -y }
 }
 
-/// Escapes a label value for the text exposition format.
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn counts(m: &Metrics, code: u16) -> Series {
+    fn counts(m: &Metrics, code: u16) -> Counts {
         m.series
             .values()
             .next()
@@ -289,45 +267,96 @@ mod tests {
     }
 
     #[test]
-    fn the_analytic_counters_are_what_sampling_converges_to() {
+    fn the_analytic_counters_are_what_sampling_converges_to_in_every_stack() {
         let b = Behaviour {
             error_rate: 0.1,
-            p50_ms: 40.0,
-            p95_ms: 120.0,
+            p50_ms: 50.0,
+            p95_ms: 200.0,
         };
-        let mut sampled = Metrics::default();
-        let mut rng = fastrand::Rng::with_seed(7);
-        let n = 200_000;
-        for _ in 0..n {
-            sampled.record("ns", "m", "r", sample(&mut rng, &b));
-        }
-        let mut expected = Metrics::default();
-        expected.record_expected("ns", "m", "r", &b, n as f64);
-        for code in [200, 500] {
-            let (s, e) = (counts(&sampled, code), counts(&expected, code));
-            assert!(
-                (s.count - e.count).abs() / e.count < 0.02,
-                "{code}: {} vs {}",
-                s.count,
-                e.count
-            );
-            for (i, edge) in BUCKETS_MS.iter().enumerate() {
-                let tol = 0.01 * e.count + 3.0 * s.buckets[i].sqrt();
+        for name in exporter::STACK_NAMES {
+            let stack = Stack::parse(name).expect("stack");
+            let mut sampled = Metrics::counting(stack, false);
+            let mut rng = fastrand::Rng::with_seed(7);
+            let n = 200_000;
+            for _ in 0..n {
+                sampled.record("ns", "m", "r", sample(&mut rng, &b));
+            }
+            let mut expected = Metrics::counting(stack, false);
+            expected.record_expected("ns", "m", "r", &b, n as f64);
+            for code in [200, 500] {
+                let (s, e) = (counts(&sampled, code), counts(&expected, code));
                 assert!(
-                    (s.buckets[i] - e.buckets[i]).abs() <= tol,
-                    "{code} le={edge}: sampled {} expected {}",
-                    s.buckets[i],
-                    e.buckets[i]
+                    (s.count - e.count).abs() / e.count < 0.02,
+                    "{name} {code}: {} vs {}",
+                    s.count,
+                    e.count
+                );
+                for (i, edge) in stack.bounds_ms().iter().enumerate() {
+                    let tol = 0.01 * e.count + 3.0 * s.buckets[i].sqrt();
+                    assert!(
+                        (s.buckets[i] - e.buckets[i]).abs() <= tol,
+                        "{name} {code} le={edge}: sampled {} expected {}",
+                        s.buckets[i],
+                        e.buckets[i]
+                    );
+                }
+                // Whole seconds make the sum small and noisy; 3% of the mean latency elsewhere.
+                let tol = if stack == Stack::Knative119 {
+                    0.01 * e.count * 1000.0
+                } else {
+                    0.03 * e.sum_ms
+                };
+                assert!(
+                    (s.sum_ms - e.sum_ms).abs() <= tol,
+                    "{name} {code} sum {} vs {}",
+                    s.sum_ms,
+                    e.sum_ms
                 );
             }
-            assert!((s.sum_ms - e.sum_ms).abs() / e.sum_ms < 0.03, "{code} sum");
         }
-        // The median and p95 sit where the behaviour puts them.
+        // The median and p95 sit where the behaviour puts them (Knative 1.21 bounds, seconds).
+        let mut expected = Metrics::counting(Stack::Knative121, false);
+        expected.record_expected("ns", "m", "r", &b, 1000.0);
         let ok = counts(&expected, 200);
+        let bounds = Stack::Knative121.bounds_ms();
         let at = |ms: f64| {
-            ok.buckets[BUCKETS_MS.iter().position(|b| *b == ms).expect("edge")] / ok.count
+            ok.buckets[bounds
+                .iter()
+                .position(|b| (*b - ms).abs() < 1e-9)
+                .expect("edge")]
+                / ok.count
         };
-        assert!((at(40.0) - 0.5).abs() < 1e-6, "{}", at(40.0));
-        assert!(at(100.0) < 0.95 && at(150.0) > 0.95);
+        assert!((at(50.0) - 0.5).abs() < 1e-6, "{}", at(50.0));
+        assert!(at(100.0) < 0.95 && at(250.0) > 0.95);
+        // Knative 1.19 records 0 s for every request under a second.
+        let mut whole = Metrics::counting(Stack::Knative119, false);
+        whole.record_expected("ns", "m", "r", &b, 1000.0);
+        let first = counts(&whole, 200);
+        assert!(
+            first.buckets[0] / first.count > 0.99,
+            "{}",
+            first.buckets[0] / first.count
+        );
+    }
+
+    #[test]
+    fn a_revision_has_a_pod_and_target_info_before_its_first_request() {
+        let mut m = Metrics::counting(Stack::Knative121, false);
+        let live = HashMap::from([(
+            ("ns".to_string(), "m".to_string()),
+            vec!["m-predictor-00001".to_string()],
+        )]);
+        m.retain(&live);
+        let text = m.exposition();
+        assert!(
+            text.contains(r#"kn_revision_name="m-predictor-00001""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("kn_serving_invocation_duration_seconds_count{"),
+            "{text}"
+        );
+        m.retain(&HashMap::new());
+        assert!(!m.exposition().contains("target_info{"));
     }
 }

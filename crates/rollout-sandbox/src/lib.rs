@@ -14,6 +14,7 @@ pub mod control;
 pub mod dataplane;
 pub mod discovery;
 pub mod errors;
+pub mod exporter;
 pub mod jsonpath;
 pub mod knative;
 pub mod kserve;
@@ -86,6 +87,9 @@ pub struct Config {
     /// 540,000 histogram series scraped every 5 s saturate a 2-core machine); a policy with a
     /// latency rule then has no data, as it would on a cluster without the histogram.
     pub latency_histograms: bool,
+    /// Whose request metrics the exporter serves, in that stack's names, units, buckets and
+    /// labels (default: the Knative that KServe 0.17–0.20 install).
+    pub metrics: exporter::Stack,
 }
 
 impl Default for Config {
@@ -106,6 +110,7 @@ impl Default for Config {
             tick: Duration::from_millis(100),
             scrape_interval_s: 1,
             latency_histograms: true,
+            metrics: exporter::Stack::default(),
         }
     }
 }
@@ -426,7 +431,7 @@ impl Sandbox {
         let app: App = Arc::new(Mutex::new(Shared {
             store: Store::default(),
             controller: Controller::default(),
-            metrics: dataplane::Metrics::counting(!config.latency_histograms),
+            metrics: dataplane::Metrics::counting(config.metrics, !config.latency_histograms),
             faults: Faults::default(),
             requests: std::collections::VecDeque::new(),
             request_counts: HashMap::new(),

@@ -384,6 +384,11 @@ pub struct SandboxArgs {
     /// Prometheus's scrape interval, in seconds
     #[arg(long, default_value_t = 1)]
     pub scrape_interval: u64,
+    /// Whose request metrics to export: knative-1.21 (what KServe 0.17-0.20 install; revision
+    /// in target_info), knative-1.21-otlp (pushed over OTLP, revision on every series),
+    /// knative-1.19 (1.19.0-1.19.7 and 1.20.0 names), knative-1.18 (OpenCensus names), istio
+    #[arg(long, default_value = "knative-1.21", value_parser = clap::builder::PossibleValuesParser::new(rollout_sandbox::exporter::STACK_NAMES))]
+    pub metrics: String,
     /// Where to write the kubeconfig and Prometheus data (default: a temporary directory)
     #[arg(long)]
     pub dir: Option<PathBuf>,
