@@ -528,7 +528,9 @@ async fn reconcile_one(
     {
         let stable = cluster.stable_revision.clone().unwrap_or_default();
         let checked = match ctx.prom(policy) {
-            Ok(p) => preflight::check(&machine, &p, &stable, now).await,
+            Ok(p) => preflight::check(&machine, &p, &stable, now)
+                .await
+                .map_err(|problem| problem.to_string()),
             Err(e) => Err(e),
         };
         match checked {

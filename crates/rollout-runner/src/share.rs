@@ -17,7 +17,12 @@
 //!   `histogram_quantile`, `clamp_min`, `*_over_time`, …); `label_replace`, `vector`, `absent`,
 //!   `scalar`, `sort`, `time` and the like are not shared;
 //! * vector matching (`on`/`ignoring`) keeps the label, and `and`/`or`/`unless` then match
-//!   revision by revision.
+//!   revision by revision;
+//! * or the matching is a join that copies the label from its "one" side, which selects by
+//!   revision: `x * on (job, instance) group_left (kn_revision_name) target_info{kn_revision_name="${revision}"}`
+//!   (Knative ≥ 1.19 keeps the revision only in `target_info`). Each series of `x` matches at
+//!   most one `target_info` series (more is an error in either form) and takes its revision
+//!   from it, so `x` itself need not select by revision.
 //!
 //! Every series of the shared answer then carries the label, and the series with the value of
 //! revision `r` are exactly the series the rollout's own query for `r` returns. A query outside
@@ -156,43 +161,81 @@ pub fn shared_text(text: &str) -> Result<SharedQuery, NotShared> {
 
 /// Replaces the revision matcher in every selector and checks every node against the rule.
 fn rewrite(e: &mut Expr, found: &mut Option<(String, String, String)>) -> Result<(), NotShared> {
+    if filtered(e, found)? {
+        Ok(())
+    } else {
+        Err(NotShared::SelectorWithoutRevision)
+    }
+}
+
+/// The labels a `group_left (…)`/`group_right (…)` join copies from its "one" side, and
+/// whether that side is the right one, for `on (…)` matching.
+fn join_labels(b: &parser::BinaryExpr) -> Option<(&[String], bool)> {
+    let m = b.modifier.as_ref()?;
+    if !matches!(m.matching, Some(LabelModifier::Include(_))) {
+        return None;
+    }
+    match &m.card {
+        parser::VectorMatchCardinality::ManyToOne(ls) => Some((&ls.labels, true)),
+        parser::VectorMatchCardinality::OneToMany(ls) => Some((&ls.labels, false)),
+        _ => None,
+    }
+}
+
+/// Whether `e`'s series are each one revision's (every selector below filters on the revision,
+/// or a join copies the revision label from a side that does); rewrites the matchers.
+fn filtered(e: &mut Expr, found: &mut Option<(String, String, String)>) -> Result<bool, NotShared> {
     match e {
         Expr::Aggregate(a) => {
             let op = a.op.to_string();
             if a.param.is_some() || !AGGREGATIONS.contains(&op.as_str()) {
                 return Err(NotShared::Aggregation(op));
             }
-            rewrite(&mut a.expr, found)
+            filtered(&mut a.expr, found)
         }
-        Expr::Unary(u) => rewrite(&mut u.expr, found),
+        Expr::Unary(u) => filtered(&mut u.expr, found),
         Expr::Binary(b) => {
-            rewrite(&mut b.lhs, found)?;
-            rewrite(&mut b.rhs, found)
+            let join = join_labels(b).map(|(ls, right)| (ls.to_vec(), right));
+            let l = filtered(&mut b.lhs, found)?;
+            let r = filtered(&mut b.rhs, found)?;
+            // `x * on (job, instance) group_left (rev) info{rev="r"}`: each series of x
+            // matches at most one info series (more is an error in either form), and takes
+            // its revision from it; so the joined series are r's exactly when the "one" side
+            // selects r.
+            if let Some((labels, one_is_right)) = join
+                && let Some((label, _, _)) = found.as_ref()
+                && labels.iter().any(|l| l == label)
+            {
+                return Ok(if one_is_right { r } else { l });
+            }
+            Ok(l && r)
         }
-        Expr::Paren(p) => rewrite(&mut p.expr, found),
-        Expr::Subquery(s) => rewrite(&mut s.expr, found),
-        Expr::NumberLiteral(_) => Ok(()),
+        Expr::Paren(p) => filtered(&mut p.expr, found),
+        Expr::Subquery(s) => filtered(&mut s.expr, found),
+        Expr::NumberLiteral(_) => Ok(true),
         Expr::StringLiteral(s) if s.val.contains(SENTINEL) => Err(NotShared::RevisionMatcher),
-        Expr::StringLiteral(_) => Ok(()),
+        Expr::StringLiteral(_) => Ok(true),
         Expr::VectorSelector(v) => selector(v, found),
         Expr::MatrixSelector(m) => selector(&mut m.vs, found),
         Expr::Call(c) => {
             if !FUNCTIONS.contains(&c.func.name) {
                 return Err(NotShared::Function(c.func.name.to_string()));
             }
+            let mut all = true;
             for a in &mut c.args.args {
-                rewrite(a, found)?;
+                all &= filtered(a, found)?;
             }
-            Ok(())
+            Ok(all)
         }
         Expr::Extension(_) => Err(NotShared::Other("an extension node")),
     }
 }
 
+/// Rewrites a selector's revision matcher; whether it has one.
 fn selector(
     v: &mut parser::VectorSelector,
     found: &mut Option<(String, String, String)>,
-) -> Result<(), NotShared> {
+) -> Result<bool, NotShared> {
     if !v.matchers.or_matchers.is_empty() {
         return Err(NotShared::Other("a selector with `or` matchers"));
     }
@@ -231,10 +274,7 @@ fn selector(
         };
         here += 1;
     }
-    if here == 0 {
-        return Err(NotShared::SelectorWithoutRevision);
-    }
-    Ok(())
+    Ok(here > 0)
 }
 
 /// Keeps `label` through every aggregation and every vector matching.
@@ -261,7 +301,8 @@ fn add_label(e: &mut Expr, label: &str) -> Result<(), NotShared> {
             add_label(&mut a.expr, label)
         }
         Expr::Binary(b) => {
-            if let Some(m) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+            let copies = join_labels(b).is_some_and(|(ls, _)| ls.iter().any(|l| l == label));
+            if !copies && let Some(m) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
                 let keeps = match m {
                     LabelModifier::Include(ls) => ls.labels.iter().any(|l| l == label),
                     LabelModifier::Exclude(ls) => !ls.labels.iter().any(|l| l == label),
@@ -313,6 +354,35 @@ mod tests {
             s.revision_of("iris-predictor-00002"),
             Some("iris-predictor-00002")
         );
+    }
+
+    #[test]
+    fn a_target_info_join_takes_the_revision_from_target_info() {
+        let s = share(
+            r#"sum(increase(x_count[1m]) * on (job, instance) group_left (kn_revision_name) target_info{k8s_namespace_name="ns",kn_revision_name="REV"})"#,
+        )
+        .expect("shared");
+        assert_eq!(s.label, "kn_revision_name");
+        assert!(
+            s.promql.starts_with("sum by (kn_revision_name) ("),
+            "{}",
+            s.promql
+        );
+        assert!(
+            s.promql.contains(r#"kn_revision_name=~".+""#),
+            "{}",
+            s.promql
+        );
+        parser::parse(&s.promql).expect("the shared query parses");
+        // Without the revision label in group_left, or with the revision on the "many" side
+        // only, the answer could mix revisions: not shared.
+        for q in [
+            r#"sum(increase(x_count[1m]) * on (job, instance) group_left () target_info{kn_revision_name="REV"})"#,
+            r#"sum(increase(x_count{kn_revision_name="REV"}[1m]) * on (job, instance) group_left (kn_revision_name) target_info)"#,
+            r#"sum(increase(x_count[1m]) * on (job, instance) target_info{kn_revision_name="REV"})"#,
+        ] {
+            assert!(share(q).is_err(), "{q}");
+        }
     }
 
     #[test]
