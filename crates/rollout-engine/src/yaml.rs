@@ -22,3 +22,15 @@ pub fn to_string(v: &Value) -> Result<String, String> {
 pub fn to_string_of<T: serde::Serialize>(v: &T) -> Result<String, String> {
     serde_yaml::to_string(v).map_err(|e| e.to_string())
 }
+
+/// Parses every document of a multi-document YAML text (`---` separated) into `T`.
+pub fn documents<T: DeserializeOwned>(text: &str) -> Result<Vec<T>, String> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| {
+            T::deserialize(d).map_err(|e| match e.location() {
+                Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
+                None => e.to_string(),
+            })
+        })
+        .collect()
+}

@@ -9,6 +9,7 @@
 //! `rolloutctl controller`, behind a leader Lease; [`operate`] is what the operator verbs do.
 
 pub mod context;
+pub mod doctor;
 pub mod error;
 pub mod fanout;
 pub mod fleet;

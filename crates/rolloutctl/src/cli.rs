@@ -112,6 +112,11 @@ pub enum Command {
         after_help = "Examples:\n  rolloutctl replay policies/sklearn-iris-canary.rollout --from 2026-11-24T10:00:00Z --to 2026-11-24T11:00:00Z --canary sklearn-iris-canary-predictor-00002 --stable sklearn-iris-canary-predictor-00001"
     )]
     Replay(ReplayArgs),
+    /// Check that a policy can drive its InferenceService here: mode, component, Prometheus, every metric's series for the stable revision (and which preset matches when they are missing), misplaced canary fields. Changes nothing
+    #[command(
+        after_help = "Examples:\n  rolloutctl doctor policies/sklearn-iris-canary.rollout\n  rolloutctl doctor my.rollout --manifest isvc.yaml --prometheus-url http://127.0.0.1:9090\n\nExit codes: 0 every check passed (warnings allowed), 1 a check failed, 2 the command could not run."
+    )]
+    Doctor(DoctorArgs),
     /// Run a local KServe stand-in (Kubernetes API, controller, data plane, Prometheus)
     #[command(
         after_help = "Examples:\n  rolloutctl sandbox\n  rolloutctl sandbox --api-port 6443 --rps 50"
@@ -357,6 +362,22 @@ pub struct ReplayArgs {
     /// `live` on a terminal, `json` otherwise
     #[arg(long, value_enum, default_value_t = RunOutput::Auto)]
     pub output: RunOutput,
+}
+
+/// `doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The policy
+    pub policy: PathBuf,
+    /// InferenceService manifests (YAML, several documents allowed) to check for misplaced fields
+    #[arg(long)]
+    pub manifest: Vec<PathBuf>,
+    /// Prometheus URL, overriding the policy's
+    #[arg(long, env = "ROLLOUTCTL_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// kubeconfig (default: KUBECONFIG, ~/.kube/config or in-cluster)
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `sandbox`.

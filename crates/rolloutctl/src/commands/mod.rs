@@ -6,6 +6,7 @@ mod controller;
 mod crd;
 #[cfg(feature = "sandbox")]
 mod demo;
+mod doctor;
 mod explain;
 mod export;
 mod fmt;
@@ -139,6 +140,7 @@ pub fn run(cli: Cli) -> Exit {
         Command::Apply(a) => apply::run(&a),
         Command::Export(a) => export::run(&a),
         Command::Replay(a) => replay::run(&a),
+        Command::Doctor(a) => doctor::run(&a),
         #[cfg(feature = "sandbox")]
         Command::Demo(a) => demo::run(&a),
         Command::Status(a) => operator::run(OperatorVerb::Status, &a, None, 0),

@@ -9,4 +9,5 @@ mod packaging;
 mod rollouts;
 mod safety;
 mod sharing;
+mod stacks;
 mod world;

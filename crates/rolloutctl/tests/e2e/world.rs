@@ -70,6 +70,11 @@ pub struct World {
 }
 
 pub async fn world(rps: f64) -> World {
+    world_on(rps, rollout_sandbox::exporter::Stack::default()).await
+}
+
+/// [`world`] with the sandbox exporting `stack`'s request metrics.
+pub async fn world_on(rps: f64, stack: rollout_sandbox::exporter::Stack) -> World {
     assert!(
         rollout_sandbox::prometheus::which("prometheus").is_some(),
         "Prometheus is required: {}",
@@ -80,6 +85,7 @@ pub async fn world(rps: f64) -> World {
         ready_delay: Duration::from_millis(300),
         route_delay: Duration::from_millis(200),
         crds: vec![rollout_api::crd_json()],
+        metrics: stack,
         ..Config::default()
     })
     .await
