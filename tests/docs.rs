@@ -84,3 +84,29 @@ fn every_diagnostic_page_example_produces_its_code() {
         );
     }
 }
+
+/// Every preset's queries, as `docs/metrics.md` lists them: `name  query` per line.
+fn preset_listing(preset: &str) -> String {
+    rollout_policy::presets::preset(preset)
+        .unwrap_or_else(|| panic!("preset {preset}"))
+        .into_iter()
+        .map(|(m, q)| format!("{:<12} {q}", m.name))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn docs_metrics_lists_every_preset_with_its_queries_as_they_are() {
+    let text = std::fs::read_to_string(root().join("docs/metrics.md")).expect("docs/metrics.md");
+    let missing: Vec<String> = rollout_policy::presets::PRESETS
+        .iter()
+        .map(|p| (p, format!("```text\n{}\n```", preset_listing(p))))
+        .filter(|(_, block)| !text.contains(block))
+        .map(|(p, block)| format!("`use {p}`:\n{block}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/metrics.md should list these presets' queries exactly as:\n{}",
+        missing.join("\n")
+    );
+}
