@@ -380,6 +380,22 @@ pub struct DoctorArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
+/// The stacks `sandbox --metrics` takes (the sandbox's `exporter::STACK_NAMES`; a test holds
+/// them equal, and a production build has no sandbox to ask).
+pub const SANDBOX_STACKS: [&str; 5] = [
+    "knative-1.21",
+    "knative-1.21-otlp",
+    "knative-1.19",
+    "knative-1.18",
+    "istio",
+];
+
+#[cfg(all(test, feature = "sandbox"))]
+#[test]
+fn sandbox_stacks_are_the_sandbox_s() {
+    assert_eq!(SANDBOX_STACKS, rollout_sandbox::exporter::STACK_NAMES);
+}
+
 /// `sandbox`.
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
@@ -408,7 +424,7 @@ pub struct SandboxArgs {
     /// Whose request metrics to export: knative-1.21 (what KServe 0.17-0.20 install; revision
     /// in target_info), knative-1.21-otlp (pushed over OTLP, revision on every series),
     /// knative-1.19 (1.19.0-1.19.7 and 1.20.0 names), knative-1.18 (OpenCensus names), istio
-    #[arg(long, default_value = "knative-1.21", value_parser = clap::builder::PossibleValuesParser::new(rollout_sandbox::exporter::STACK_NAMES))]
+    #[arg(long, default_value = "knative-1.21", value_parser = clap::builder::PossibleValuesParser::new(SANDBOX_STACKS))]
     pub metrics: String,
     /// Where to write the kubeconfig and Prometheus data (default: a temporary directory)
     #[arg(long)]
