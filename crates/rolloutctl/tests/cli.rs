@@ -535,6 +535,9 @@ fn exported_rules_pass_promtool_check_and_the_promtool_unit_tests() {
     // The unit tests in tests/promtool/: 1.6x fires after `for`, 1.4x does not; the same for latency.
     std::fs::copy(&rule_file, dir.path().join("seed-rules.yml")).expect("copy");
     for t in ["seed-error-rate.test.yml", "seed-latency.test.yml"] {
+        let text = std::fs::read_to_string(root().join("tests/promtool").join(t)).expect("read");
+        // promtool passes an empty file: each file must hold its two cases (fires, does not).
+        assert_eq!(text.matches("\n  - name: ").count(), 2, "{t}: two test cases");
         std::fs::copy(root().join("tests/promtool").join(t), dir.path().join(t))
             .expect("copy test");
         let out = Command::new("promtool")
