@@ -537,7 +537,11 @@ fn exported_rules_pass_promtool_check_and_the_promtool_unit_tests() {
     for t in ["seed-error-rate.test.yml", "seed-latency.test.yml"] {
         let text = std::fs::read_to_string(root().join("tests/promtool").join(t)).expect("read");
         // promtool passes an empty file: each file must hold its two cases (fires, does not).
-        assert_eq!(text.matches("\n  - name: ").count(), 2, "{t}: two test cases");
+        assert_eq!(
+            text.matches("\n  - name: ").count(),
+            2,
+            "{t}: two test cases"
+        );
         std::fs::copy(root().join("tests/promtool").join(t), dir.path().join(t))
             .expect("copy test");
         let out = Command::new("promtool")
