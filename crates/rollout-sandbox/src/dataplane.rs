@@ -29,6 +29,8 @@ pub struct Metrics {
     pub counts_only: bool,
     /// Whose metrics these are.
     pub stack: Stack,
+    /// The InferenceServices in Standard mode (namespace, name).
+    pub standard: std::collections::HashSet<(String, String)>,
     bounds_ms: Vec<f64>,
 }
 
@@ -218,6 +220,7 @@ impl Metrics {
                 isvc: &k.isvc,
                 name: &k.revision,
                 pod,
+                standard: self.standard.contains(&(k.ns.clone(), k.isvc.clone())),
                 codes: self
                     .series
                     .get(k)

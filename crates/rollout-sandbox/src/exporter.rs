@@ -207,6 +207,9 @@ pub struct Revision<'a> {
     pub name: &'a str,
     /// Its pod.
     pub pod: &'a Pod,
+    /// A Standard-mode predictor (`name` is its Deployment): no queue-proxy, so no Knative
+    /// series; Istio names the Deployment as the workload.
+    pub standard: bool,
     /// Its requests by status code (empty before the first request).
     pub codes: Vec<(u16, &'a Counts)>,
 }
@@ -240,10 +243,11 @@ fn bound(v: f64) -> String {
 /// `counts_only`.
 pub fn exposition(stack: Stack, revisions: &[Revision<'_>], counts_only: bool) -> String {
     let mut out = String::new();
+    let knative: Vec<Revision<'_>> = revisions.iter().filter(|r| !r.standard).cloned().collect();
     match stack {
-        Stack::Knative118 => knative_118(&mut out, revisions, counts_only),
+        Stack::Knative118 => knative_118(&mut out, &knative, counts_only),
         Stack::Knative121 | Stack::Knative119 | Stack::Knative121Otlp => {
-            otel(&mut out, stack, revisions, counts_only)
+            otel(&mut out, stack, &knative, counts_only)
         }
         Stack::Istio => istio(&mut out, revisions, counts_only),
     }
@@ -421,16 +425,33 @@ fn istio(out: &mut String, revisions: &[Revision<'_>], counts_only: bool) {
     let bounds = Stack::Istio.bounds_ms();
     let series = |r: &Revision<'_>, code: u16| {
         let instance = r.pod.instance(15020);
-        let private = format!("{}-private", r.name);
+        // Knative's revision Service is `<revision>-private`; a Standard predictor's Service
+        // is its Deployment's name, its pods' `app` label `isvc.<deployment>`.
+        let private = if r.standard {
+            r.name.to_string()
+        } else {
+            format!("{}-private", r.name)
+        };
+        let app = if r.standard {
+            format!("isvc.{}", r.name)
+        } else {
+            r.name.to_string()
+        };
         let fqdn = format!("{private}.{}.svc.cluster.local", r.ns);
         let principal = format!("spiffe://cluster.local/ns/{}/sa/default", r.ns);
-        let workload = format!("{}-deployment", r.name);
+        // A Knative revision runs as the Deployment `<revision>-deployment`; a Standard-mode
+        // predictor is its Deployment.
+        let workload = if r.standard {
+            r.name.to_string()
+        } else {
+            format!("{}-deployment", r.name)
+        };
         let code_s = code.to_string();
         labels(&[
             ("connection_security_policy", "mutual_tls"),
-            ("destination_app", r.name),
+            ("destination_app", &app),
             ("destination_canonical_revision", "latest"),
-            ("destination_canonical_service", r.name),
+            ("destination_canonical_service", &app),
             ("destination_cluster", "Kubernetes"),
             ("destination_principal", &principal),
             ("destination_service", &fqdn),
@@ -502,6 +523,7 @@ mod tests {
                 isvc: "iris",
                 name: "iris-predictor-00001",
                 pod: &pod,
+                standard: false,
                 codes: vec![(200, &c)],
             }],
             false,

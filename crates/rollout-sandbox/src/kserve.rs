@@ -107,6 +107,8 @@ pub struct IsvcState {
     pub retemplates: u64,
     /// Standard mode: when the Deployment became available.
     pub created: Instant,
+    /// Standard mode: its Deployments and routes.
+    pub standard: crate::standard::State,
 }
 
 /// What one reconcile decided.
@@ -118,6 +120,9 @@ pub struct Reconciled {
     pub add_finalizer: bool,
     /// Remove KServe's finalizer (the object is being deleted).
     pub remove_finalizer: bool,
+    /// Standard mode: the objects KServe keeps (Deployments, Services, HTTPRoute) and the
+    /// stable Deployment; `None` in Knative mode.
+    pub owned: Option<crate::owned::Owned>,
 }
 
 /// Settings of the emulation.
@@ -238,6 +243,7 @@ impl Controller {
                     service: Service::new(&service_name, now),
                     retemplates: 0,
                     created: now,
+                    standard: crate::standard::State::default(),
                 },
             );
         }
@@ -248,8 +254,28 @@ impl Controller {
             return Reconciled::default();
         };
         if standard {
+            let out = crate::standard::reconcile(
+                obj,
+                &mut st.standard,
+                config,
+                now,
+                timing.ready_delay,
+                &failing,
+                &now_ts,
+            );
+            for (deployment, ann) in &out.annotations {
+                self.behaviours
+                    .insert(deployment.clone(), behaviour_from(ann, timing.behaviour));
+            }
+            let mut status = out.status;
+            keep_times(obj, &mut status);
             return Reconciled {
-                status: Some(standard_status(obj, st, now, timing, &now_ts)),
+                status: Some(status),
+                owned: Some(crate::owned::Owned {
+                    objects: out.objects,
+                    stable: out.stable,
+                    available: out.available,
+                }),
                 ..Reconciled::default()
             };
         }
@@ -451,6 +477,15 @@ impl Controller {
         let Some(st) = self.isvcs.get(&(ns.to_string(), name.to_string())) else {
             return out;
         };
+        if !st.standard.ready_at.is_empty() {
+            return st
+                .standard
+                .routes
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .cloned()
+                .collect();
+        }
         for r in st.service.serving() {
             if r.percent <= 0 {
                 continue;
@@ -500,43 +535,8 @@ impl Controller {
 
     /// Whether any service waits on time (so the loop keeps reconciling).
     pub fn pending(&self, now: Instant) -> bool {
-        self.isvcs.values().any(|s| s.service.pending(now))
+        self.isvcs
+            .values()
+            .any(|s| s.service.pending(now) || s.standard.ready_at.values().any(|t| *t > now))
     }
-}
-
-/// Standard (raw Deployment) mode: no revisions and no traffic; the predictor has only a URL
-/// once its Deployment is available (`PropagateRawStatus`, `inference_service_status.go:360-458`).
-/// `canaryTrafficPercent` does nothing here.
-fn standard_status(
-    obj: &Value,
-    st: &IsvcState,
-    now: Instant,
-    timing: Timing,
-    now_ts: &str,
-) -> Value {
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("");
-    let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let available = now >= st.created + timing.ready_delay;
-    let c = knative::Condition {
-        status: if available { Cond::True } else { Cond::Unknown },
-        reason: String::new(),
-        message: String::new(),
-    };
-    let mut status = json!({
-        "deploymentMode": "Standard",
-        "observedGeneration": 1,
-        "components": {"predictor": {}},
-        "conditions": [
-            condition("IngressReady", &c, false, now_ts),
-            condition("PredictorReady", &c, false, now_ts),
-            condition("Ready", &c, false, now_ts),
-        ],
-    });
-    if available {
-        status["components"]["predictor"]["url"] =
-            json!(format!("http://{name}-predictor-{ns}.{DOMAIN}"));
-        status["url"] = json!(format!("http://{name}-{ns}.{DOMAIN}"));
-    }
-    keep_times(obj, &mut status);
-    status
 }

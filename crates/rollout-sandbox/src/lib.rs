@@ -20,12 +20,14 @@ pub mod knative;
 pub mod kserve;
 pub mod kserve_crd;
 pub mod managed;
+pub mod owned;
 pub mod patch;
 pub mod prometheus;
 pub mod propagation;
 pub mod protobuf;
 pub mod schema;
 pub mod select;
+pub mod standard;
 pub mod store;
 pub mod table;
 pub mod types;
@@ -290,10 +292,6 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
             continue;
         };
         let r = s.controller.reconcile(obj, config.as_ref(), now, timing);
-        let status_changed = r
-            .status
-            .as_ref()
-            .is_some_and(|st| obj.get("status") != Some(st));
         if r.add_finalizer || r.remove_finalizer {
             let _ = s.store.modify(&key, false, |o| {
                 let mut f: Vec<Value> = o["metadata"]["finalizers"]
@@ -309,7 +307,19 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
             });
             continue;
         }
-        if let Some(status) = r.status
+        let mut status = r.status;
+        if let Some(owned) = &r.owned {
+            let generation = owned::apply(&mut s.store, &key.ns, &key.name, owned);
+            if let Some(st) = status.as_mut() {
+                // The stable Deployment's, as KServe reports it in Standard mode.
+                st["observedGeneration"] = json!(generation.unwrap_or(0));
+            }
+        }
+        let status_changed = match (&status, s.store.peek(&key)) {
+            (Some(st), Some(o)) => o.get("status") != Some(st),
+            _ => false,
+        };
+        if let Some(status) = status
             && status_changed
         {
             let _ = s.store.modify(&key, true, |o| {
@@ -330,6 +340,15 @@ fn generate(s: &mut Shared, dt: Duration) {
             continue;
         };
         let rps = dataplane::rps(obj, s.config.rps);
+        if matches!(kserve::mode(obj).as_str(), "Standard" | "RawDeployment") {
+            s.metrics
+                .standard
+                .insert((key.ns.clone(), key.name.clone()));
+        } else {
+            s.metrics
+                .standard
+                .remove(&(key.ns.clone(), key.name.clone()));
+        }
         let traffic = s.controller.serving(&key.ns, &key.name);
         live.insert(
             (key.ns.clone(), key.name.clone()),

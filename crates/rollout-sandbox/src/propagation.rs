@@ -71,6 +71,7 @@ pub fn default_config_data() -> Value {
     json!({
         "inferenceService": "{\n  \"resource\": {\n    \"cpuLimit\": \"1\",\n    \"memoryLimit\": \"2Gi\",\n    \"cpuRequest\": \"1\",\n    \"memoryRequest\": \"2Gi\"\n  }\n}",
         "deploy": "{\n  \"defaultDeploymentMode\": \"Serverless\"\n}",
+        "ingress": "{\n  \"enableGatewayApi\": false,\n  \"ingressDomain\": \"example.com\"\n}",
     })
 }
 

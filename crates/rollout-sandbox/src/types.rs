@@ -181,6 +181,21 @@ impl Registry {
         deploy.status_subresource = true;
         deploy.generation = true;
         r.add(deploy);
+        // Pods as the Deployment controller makes them (nothing runs them), and the Gateway
+        // API's HTTPRoute as KServe writes it (Standard mode with `enableGatewayApi`).
+        let mut pods = ResourceType::builtin("", "v1", "pods", "Pod", true);
+        pods.short_names = vec!["po".into()];
+        pods.status_subresource = true;
+        r.add(pods);
+        let mut route = ResourceType::builtin(
+            "gateway.networking.k8s.io",
+            "v1",
+            "httproutes",
+            "HTTPRoute",
+            true,
+        );
+        route.generation = true;
+        r.add(route);
         let mut lease = ResourceType::builtin("coordination.k8s.io", "v1", "leases", "Lease", true);
         lease.columns = vec![
             Column::new("Holder", "string", ".spec.holderIdentity"),
