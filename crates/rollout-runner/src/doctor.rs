@@ -135,6 +135,7 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
                         Verdict::Fail,
                         format!("{key} is in Standard mode (raw Deployments), where KServe ignores canaryTrafficPercent; this rolloutctl drives Knative-mode canaries (KServe's webhook refuses to change the mode of an existing InferenceService)"),
                     ));
+                    out.push(standard_routing(client).await);
                 } else if !isvc::has_component(&obj, component) {
                     out.push(Check::new(
                         "InferenceService",
@@ -225,6 +226,46 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
         });
     }
     out
+}
+
+/// Whether a Standard-mode canary would receive traffic at all: only KServe's Gateway API
+/// path splits (`ingress.enableGatewayApi` in `inferenceservice-config`, default false;
+/// `httproute_reconciler.go` `applyCanaryWeights`, after the v0.20.0 tag); the Kubernetes
+/// Ingress sends everything to the stable predictor.
+async fn standard_routing(client: &Client) -> Check {
+    let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), "kserve");
+    match cms.get("inferenceservice-config").await {
+        Err(e) => Check::new(
+            "Standard-mode routing",
+            Verdict::Warn,
+            format!(
+                "cannot read kserve/inferenceservice-config ({e}): whether canaries get traffic depends on its `ingress.enableGatewayApi`"
+            ),
+        ),
+        Ok(cm) => {
+            let enabled = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get("ingress"))
+                .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                .and_then(|i| i["enableGatewayApi"].as_bool())
+                .unwrap_or(false);
+            if enabled {
+                Check::new(
+                    "Standard-mode routing",
+                    Verdict::Pass,
+                    "ingress.enableGatewayApi is true: KServe releases after v0.20.0 weigh the HTTPRoute `{isvc}-predictor` by spec.canary[].trafficPercent (v0.20.0 itself splits nothing)",
+                )
+            } else {
+                Check::new(
+                    "Standard-mode routing",
+                    Verdict::Fail,
+                    "ingress.enableGatewayApi is false in kserve/inferenceservice-config: KServe's Kubernetes Ingress sends every request to the stable predictor, so a spec.canary[] entry gets no traffic and nothing could be measured; enable the Gateway API (`\"enableGatewayApi\": true`)",
+                )
+            }
+        }
+    }
 }
 
 fn metric_of(p: &preflight::Problem) -> &str {
