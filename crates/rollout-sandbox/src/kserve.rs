@@ -222,6 +222,9 @@ impl Controller {
             self.isvcs.remove(&key);
             return Reconciled {
                 remove_finalizer: finalizers.contains(&FINALIZER),
+                // The garbage collector deletes what the InferenceService owned (its
+                // Deployments, Services, pods and HTTPRoute carry an ownerReference to it).
+                owned: Some(crate::owned::Owned::default()),
                 ..Reconciled::default()
             };
         }

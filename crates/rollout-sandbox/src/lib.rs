@@ -292,6 +292,10 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
             continue;
         };
         let r = s.controller.reconcile(obj, config.as_ref(), now, timing);
+        let generation = r
+            .owned
+            .as_ref()
+            .and_then(|owned| owned::apply(&mut s.store, &key.ns, &key.name, owned));
         if r.add_finalizer || r.remove_finalizer {
             let _ = s.store.modify(&key, false, |o| {
                 let mut f: Vec<Value> = o["metadata"]["finalizers"]
@@ -308,12 +312,11 @@ fn reconcile(s: &mut Shared, keys: Vec<Key>) {
             continue;
         }
         let mut status = r.status;
-        if let Some(owned) = &r.owned {
-            let generation = owned::apply(&mut s.store, &key.ns, &key.name, owned);
-            if let Some(st) = status.as_mut() {
-                // The stable Deployment's, as KServe reports it in Standard mode.
-                st["observedGeneration"] = json!(generation.unwrap_or(0));
-            }
+        if r.owned.is_some()
+            && let Some(st) = status.as_mut()
+        {
+            // The stable Deployment's, as KServe reports it in Standard mode.
+            st["observedGeneration"] = json!(generation.unwrap_or(0));
         }
         let status_changed = match (&status, s.store.peek(&key)) {
             (Some(st), Some(o)) => o.get("status") != Some(st),

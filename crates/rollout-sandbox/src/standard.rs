@@ -173,6 +173,14 @@ pub fn routes(
     out
 }
 
+/// The ownerReference KServe puts on what it makes (`controllerutil.SetControllerReference`):
+/// what the garbage collector deletes with the InferenceService.
+fn owner(obj: &Value) -> Value {
+    json!([{"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+            "controller": true, "blockOwnerDeletion": true}])
+}
+
 fn labels(isvc: &str, deployment: &str, extra: &Map<String, Value>) -> Value {
     let mut l = extra.clone();
     l.insert("serving.kserve.io/inferenceservice".into(), json!(isvc));
@@ -196,7 +204,7 @@ pub fn deployment(obj: &Value, p: &Predictor) -> Value {
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": p.deployment, "namespace": ns, "labels": l},
+        "metadata": {"name": p.deployment, "namespace": ns, "labels": l, "ownerReferences": owner(obj)},
         "spec": {
             "replicas": p.replicas,
             "selector": {"matchLabels": {"app": format!("isvc.{}", p.deployment)}},
@@ -218,7 +226,7 @@ pub fn service(obj: &Value, p: &Predictor) -> Value {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": p.deployment, "namespace": ns,
-                     "labels": labels(isvc, &p.deployment, &Map::new())},
+                     "labels": labels(isvc, &p.deployment, &Map::new()), "ownerReferences": owner(obj)},
         "spec": {"selector": {"app": format!("isvc.{}", p.deployment)},
                  "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
     })
@@ -236,7 +244,8 @@ pub fn http_route(obj: &Value, backends: &[(String, f64)], domain: &str) -> Valu
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {"name": format!("{isvc}-predictor"), "namespace": ns,
-                     "labels": {"serving.kserve.io/inferenceservice": isvc, "component": "predictor"}},
+                     "labels": {"serving.kserve.io/inferenceservice": isvc, "component": "predictor"},
+                     "ownerReferences": owner(obj)},
         "spec": {
             "hostnames": [format!("{isvc}-predictor-{ns}.{domain}")],
             "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "kserve-ingress-gateway", "namespace": "kserve"}],

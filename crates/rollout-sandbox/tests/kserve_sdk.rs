@@ -1,5 +1,5 @@
-//! A real client no one here wrote: KServe's canary walkthrough and the flow of its e2e test
-//! `test_canary.py`, through the `kserve` Python SDK (0.20.0, with kubernetes 32.0.1), against
+//! A real client no one here wrote: KServe's canary walkthrough and the flows of its e2e tests
+//! `test_canary.py` and `test_canary_raw_deployment.py` (Standard mode), through the `kserve` Python SDK (0.20.0, with kubernetes 32.0.1), against
 //! the sandbox (`tests/python/kserve_sdk.py`). `scripts/test` creates the virtual environment
 //! (`target/kserve-venv`); `KSERVE_SDK_PYTHON` names another interpreter that has them.
 
@@ -54,6 +54,7 @@ async fn kserves_canary_walkthrough_and_e2e_flow_pass_through_the_kserve_sdk() {
         "PASS walkthrough docs/samples/v1beta1/rollout",
         "PASS test_canary.py flow: isvc-canary",
         "PASS test_canary.py flow: isvc-canary-runtime",
+        "PASS test_canary_raw_deployment.py flow: isvc-raw-canary",
     ] {
         assert!(stdout.contains(pass), "{pass} missing:\n{stdout}");
     }

@@ -5,7 +5,11 @@ kubernetes 32.0.1) against the sandbox:
    canary, promotion, pinned, tag-based routing), asserting what the README shows;
 2. the flow of `test/e2e/predictor/test_canary.py` (`test_canary_rollout` with a
    `tensorflow:` predictor and `test_canary_rollout_runtime` with `model:`), asserting what
-   that test asserts.
+   that test asserts;
+3. the Standard-mode canary of `test/e2e/predictor/test_canary_raw_deployment.py` (KServe
+   master; `spec.canary[]`): create, promote without restarting the canary's pods, roll back,
+   force-stop, asserting what that test asserts except the HTTP split (the Gateway API is off,
+   KServe's default; the kubectl test covers the split).
 
 The manifests are the walkthrough's (names, storage URIs, percentages), written as SDK
 objects. KUBECONFIG points at the sandbox. Exits non-zero on the first failed assertion.
@@ -20,6 +24,7 @@ from kubernetes.client import V1ResourceRequirements
 
 from kserve import (
     KServeClient,
+    V1beta1CanarySpec,
     V1beta1InferenceService,
     V1beta1InferenceServiceSpec,
     V1beta1ModelFormat,
@@ -155,8 +160,103 @@ def runtime(uri, resources):
     }
 
 
+SKLEARN_1 = "gs://kfserving-examples/models/sklearn/1.0/model"
+SKLEARN_MIXED = "gs://kfserving-examples/models/sklearn/1.3/mixedtype"
+RAW = {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none"}
+
+
+def sklearn(uri):
+    return V1beta1ModelSpec(model_format=V1beta1ModelFormat(name="sklearn"), storage_uri=uri)
+
+
+def raw_isvc(name, predictor, canary, annotations=None):
+    o = isvc(name, KSERVE_TEST_NAMESPACE, predictor, {**RAW, **(annotations or {})})
+    o.spec.canary = canary
+    return o
+
+
+def deployment(name):
+    try:
+        return client.AppsV1Api(kserve_client.api_instance.api_client).read_namespaced_deployment(
+            name, KSERVE_TEST_NAMESPACE
+        )
+    except client.exceptions.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def available(name):
+    d = deployment(name)
+    return d is not None and (d.status.available_replicas or 0) > 0
+
+
+def pod_uids(name):
+    d = deployment(name)
+    selector = ",".join(f"{k}={v}" for k, v in d.spec.selector.match_labels.items())
+    pods = client.CoreV1Api(kserve_client.api_instance.api_client).list_namespaced_pod(
+        KSERVE_TEST_NAMESPACE, label_selector=selector
+    )
+    return {p.metadata.uid for p in pods.items}
+
+
+def canary_condition(name):
+    status = kserve_client.get(name, namespace=KSERVE_TEST_NAMESPACE)["status"]
+    return next((c for c in status.get("conditions", []) if c["type"] == "CanaryPredictorReady"), None)
+
+
+def raw_canary_flow():
+    """test_canary_raw_deployment.py: create with a 20% canary v2, promote, roll back, stop."""
+    name = "isvc-raw-canary"
+    stable = V1beta1PredictorSpec(min_replicas=2, model=sklearn(SKLEARN_1))
+    canary = [V1beta1CanarySpec(traffic_percent=20, predictor=V1beta1PredictorSpec(name="v2", model=sklearn(SKLEARN_MIXED)))]
+    kserve_client.create(raw_isvc(name, stable, canary))
+    kserve_client.wait_isvc_ready(name, namespace=KSERVE_TEST_NAMESPACE, polling_interval=1, timeout_seconds=60)
+    eventually("both Deployments available", lambda: available(f"{name}-predictor") and available(f"{name}-v2-predictor"))
+    cond = canary_condition(name)
+    assert cond and cond["status"] == "True" and cond["reason"] == "AllCanariesReady", cond
+    status = kserve_client.get(name, namespace=KSERVE_TEST_NAMESPACE)["status"]
+    assert status["canaryStatuses"][0]["name"] == "v2", status
+    # Promote: the stable predictor becomes v2 with the canary's model; the canary list is emptied.
+    before = pod_uids(f"{name}-v2-predictor")
+    promoted = V1beta1PredictorSpec(name="v2", min_replicas=2, model=sklearn(SKLEARN_MIXED))
+    r = kserve_client.patch(name, raw_isvc(name, promoted, []), namespace=KSERVE_TEST_NAMESPACE)
+    kserve_client.wait_isvc_ready(
+        name, namespace=KSERVE_TEST_NAMESPACE, expected_generation=r["metadata"]["generation"],
+        polling_interval=1, timeout_seconds=60,
+    )
+    eventually("the old stable Deployment gone", lambda: deployment(f"{name}-predictor") is None)
+    assert available(f"{name}-v2-predictor")
+    after = pod_uids(f"{name}-v2-predictor")
+    assert before <= after, (before, after)
+    kserve_client.delete(name, namespace=KSERVE_TEST_NAMESPACE)
+    eventually("deleted", lambda: deployment(f"{name}-v2-predictor") is None)
+    # Roll back: the original stable spec and `canary: []`.
+    kserve_client.create(raw_isvc(name, stable, canary))
+    kserve_client.wait_isvc_ready(name, namespace=KSERVE_TEST_NAMESPACE, polling_interval=1, timeout_seconds=60)
+    eventually("the canary available", lambda: available(f"{name}-v2-predictor"))
+    kserve_client.patch(name, raw_isvc(name, stable, []), namespace=KSERVE_TEST_NAMESPACE)
+    eventually("the canary Deployment deleted", lambda: deployment(f"{name}-v2-predictor") is None)
+    assert available(f"{name}-predictor")
+    eventually("CanaryPredictorReady cleared", lambda: canary_condition(name) is None)
+    # Force stop with a canary.
+    kserve_client.patch(name, raw_isvc(name, stable, canary), namespace=KSERVE_TEST_NAMESPACE)
+    eventually("the canary back", lambda: available(f"{name}-v2-predictor"))
+    kserve_client.patch(
+        name, raw_isvc(name, stable, canary, {"serving.kserve.io/stop": "true"}), namespace=KSERVE_TEST_NAMESPACE
+    )
+    eventually(
+        "stopped",
+        lambda: deployment(f"{name}-v2-predictor") is None
+        and (canary_condition(name) or {}).get("reason") == "Stopped",
+    )
+    kserve_client.delete(name, namespace=KSERVE_TEST_NAMESPACE)
+    print("PASS test_canary_raw_deployment.py flow:", name)
+
+
 if __name__ == "__main__":
     walkthrough()
     canary_flow("isvc-canary", tensorflow)
     canary_flow("isvc-canary-runtime", runtime)
+    raw_canary_flow()
     sys.exit(0)
