@@ -308,7 +308,7 @@ async fn reconcile_one(
     let mode = isvc::deployment_mode(&obj);
     if matches!(mode.as_str(), "Standard" | "RawDeployment") {
         let msg = format!(
-            "InferenceService {key} is in Standard mode, where KServe ignores canaryTrafficPercent; rolloutctl drives canaries in Knative mode (KServe's webhook refuses to change the mode of an existing InferenceService: create it with `serving.kserve.io/deploymentMode: Knative`)"
+            "InferenceService {key} is in Standard mode, where KServe ignores canaryTrafficPercent; this rolloutctl drives canaries in Knative mode only, not Standard mode's spec.canary[] (KServe's webhook refuses to change the mode of an existing InferenceService: a Knative-mode rollout needs one created with `serving.kserve.io/deploymentMode: Knative`; `rolloutctl doctor` checks the rest)"
         );
         return stop_with(
             ctx,
