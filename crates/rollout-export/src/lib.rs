@@ -275,12 +275,7 @@ pub fn grafana(p: &Policy) -> Value {
             "targets": [{"refId": "A", "expr": format!("{c} / ({c} + {s})"), "legendFormat": "canary share", "datasource": {"type": "prometheus", "uid": "${datasource}"}}],
         }));
     }
-    let revision_query = format!(
-        "label_values(revision_app_request_count{{namespace_name=\"{}\", configuration_name=\"{}-{}\"}}, revision_name)",
-        p.target.namespace,
-        p.target.name,
-        p.target.component.as_str()
-    );
+    let (revision_query, revision_regex) = revision_variable(p);
     json!({
         "title": format!("rolloutctl: {}", p.name),
         "uid": format!("rolloutctl-{}", p.name).chars().take(40).collect::<String>(),
@@ -295,12 +290,51 @@ pub fn grafana(p: &Policy) -> Value {
         "templating": {"list": [
             {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
             {"name": "canary", "type": "query", "label": "canary revision", "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": {"query": revision_query, "refId": "canary"}, "refresh": 2, "sort": 2},
+             "query": {"query": revision_query, "refId": "canary"}, "regex": revision_regex, "refresh": 2, "sort": 2},
             {"name": "stable", "type": "query", "label": "stable revision", "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": {"query": revision_query, "refId": "stable"}, "refresh": 2, "sort": 2},
+             "query": {"query": revision_query, "refId": "stable"}, "regex": revision_regex, "refresh": 2, "sort": 2},
         ]},
         "panels": panels,
     })
+}
+
+/// The Grafana query listing the target's revisions, and the regex that keeps the revision
+/// part of each value, in the names of the policy's preset (Knative ≥ 1.19 has the revision
+/// only on `target_info`; Istio names the revision's Deployment). A policy without a preset
+/// lists them as `use knative` would.
+fn revision_variable(p: &Policy) -> (String, &'static str) {
+    let preset = p.metrics.iter().find_map(|m| match m.origin {
+        rollout_policy::model::Origin::Preset(name) => Some(name),
+        rollout_policy::model::Origin::User => None,
+    });
+    let ns = &p.target.namespace;
+    let config = format!("{}-{}", p.target.name, p.target.component.as_str());
+    match preset {
+        Some("knative_1_18") => (
+            format!(
+                "label_values(revision_app_request_count{{namespace_name=\"{ns}\", configuration_name=\"{config}\"}}, revision_name)"
+            ),
+            "",
+        ),
+        Some("knative_otlp") => (
+            format!(
+                "label_values(kn_serving_invocation_duration_seconds_count{{k8s_namespace_name=\"{ns}\", kn_configuration_name=\"{config}\"}}, kn_revision_name)"
+            ),
+            "",
+        ),
+        Some("istio") => (
+            format!(
+                "label_values(istio_requests_total{{reporter=\"destination\", destination_workload_namespace=\"{ns}\", destination_workload=~\"{config}-.*-deployment\"}}, destination_workload)"
+            ),
+            "/^(.*)-deployment$/",
+        ),
+        _ => (
+            format!(
+                "label_values(target_info{{k8s_namespace_name=\"{ns}\", kn_configuration_name=\"{config}\"}}, kn_revision_name)"
+            ),
+            "",
+        ),
+    }
 }
 
 fn comparisons<'e>(e: &'e Expr, out: &mut Vec<(&'e Expr, &'e Expr)>) {

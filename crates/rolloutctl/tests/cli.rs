@@ -595,6 +595,20 @@ fn grafana_dashboard_has_panels_and_every_promql_parses() {
             .filter_map(|v| v["name"].as_str())
             .collect();
         assert_eq!(vars, vec!["datasource", "canary", "stable"]);
+        // The revision variables list revisions in the preset's names (`use knative`: from
+        // the queue-proxy's target_info; `use istio`: the revision's Deployment).
+        let q = d["templating"]["list"][1]["query"]["query"]
+            .as_str()
+            .expect("query");
+        let text = std::fs::read_to_string(root().join(policy)).expect("policy");
+        let want = if text.contains("use istio") {
+            "destination_workload)"
+        } else if text.contains("use knative\n") {
+            "label_values(target_info{"
+        } else {
+            "revision"
+        };
+        assert!(q.contains(want), "{policy}: {q}");
         let panels = d["panels"].as_array().expect("panels");
         assert!(
             panels.len() >= 2,
