@@ -137,6 +137,8 @@ pub async fn diagnose(
         window,
     };
     let mut out = Vec::new();
+    // Which presets have the stable revision's requests: probed once, when a metric is missing.
+    let mut found: Option<Vec<&'static presets::Shape>> = None;
     for &i in metrics {
         let Some(metric) = policy.metrics.get(i) else {
             continue;
@@ -161,13 +163,19 @@ pub async fn diagnose(
                     why,
                 }),
             },
-            Sample::NoData => Err(Problem::NoSeries {
-                url: prom.url.clone(),
-                metric: metric.name.clone(),
-                stable: stable.to_string(),
-                query: q,
-                fix: fix_for_missing(metric.origin, prom, stable, &vars(stable), now).await,
-            }),
+            Sample::NoData => {
+                if found.is_none() {
+                    found = Some(presets_with_requests(prom, &vars(stable), now).await);
+                }
+                let matching = found.as_deref().unwrap_or_default();
+                Err(Problem::NoSeries {
+                    url: prom.url.clone(),
+                    metric: metric.name.clone(),
+                    stable: stable.to_string(),
+                    query: q,
+                    fix: fix_for_missing(metric.origin, matching, stable),
+                })
+            }
             Sample::Error { message } => Err(Problem::QueryFailed {
                 url: prom.url.clone(),
                 metric: metric.name.clone(),
@@ -223,17 +231,14 @@ fn implausible(unit: Unit, value: f64) -> Option<String> {
     }
 }
 
-/// Where the stable revision's requests are, when a metric has none: the preset whose series
-/// Prometheus has for it, or how to turn the request metrics on.
-async fn fix_for_missing(
-    origin: Origin,
+/// The presets whose `requests` query has data for the revision in `vars`.
+async fn presets_with_requests(
     prom: &Prom,
-    stable: &str,
     vars: &Vars<'_>,
     now: Millis,
-) -> String {
+) -> Vec<&'static presets::Shape> {
     let mut matching = Vec::new();
-    for shape in presets::SHAPES {
+    for shape in &presets::SHAPES {
         let Some(requests) = presets::parsed(shape.preset)
             .and_then(|p| p.iter().find(|(m, _)| m.name == "requests"))
             .and_then(|(_, t)| t.as_ref())
@@ -244,6 +249,12 @@ async fn fix_for_missing(
             matching.push(shape);
         }
     }
+    matching
+}
+
+/// Where the stable revision's requests are, when a metric has none: the preset whose series
+/// Prometheus has for it (`matching`), or how to turn the request metrics on.
+fn fix_for_missing(origin: Origin, matching: &[&presets::Shape], stable: &str) -> String {
     let used = match origin {
         Origin::Preset(p) => Some(p),
         Origin::User => None,

@@ -137,15 +137,14 @@ impl Metrics {
     pub fn record(&mut self, ns: &str, isvc: &str, revision: &str, o: Outcome) {
         let n = self.bounds_ms.len();
         let latency = self.stack.observe_ms(o.latency_ms);
-        let bounds = self.bounds_ms.clone();
+        // Cumulative buckets: every bound from the first one at or above the latency counts it.
+        let first = self.bounds_ms.partition_point(|b| *b < latency);
         let s = self.counts(ns, isvc, revision).entry(o.code).or_default();
         s.buckets.resize(n, 0.0);
         s.count += 1.0;
         s.sum_ms += latency;
-        for (i, b) in bounds.iter().enumerate() {
-            if latency <= *b {
-                s.buckets[i] += 1.0;
-            }
+        for b in &mut s.buckets[first..] {
+            *b += 1.0;
         }
     }
 
