@@ -278,6 +278,7 @@ impl Controller {
                     objects: out.objects,
                     stable: out.stable,
                     available: out.available,
+                    keep_route: out.keep_route,
                 }),
                 ..Reconciled::default()
             };

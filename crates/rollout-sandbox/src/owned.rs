@@ -18,6 +18,8 @@ pub struct Owned {
     pub stable: Option<String>,
     /// Each Deployment's replicas and whether it is available.
     pub available: Vec<(String, i64, bool)>,
+    /// The HTTPRoute made before is left as it is (see [`crate::standard::Outcome::keep_route`]).
+    pub keep_route: bool,
 }
 
 const INFERENCESERVICE: &str = "serving.kserve.io/inferenceservice";
@@ -80,6 +82,12 @@ fn upsert(store: &mut Store, res: &str, want: &Value) {
 /// generation (KServe reports it as the InferenceService's `observedGeneration`).
 pub fn apply(store: &mut Store, ns: &str, isvc: &str, owned: &Owned) -> Option<i64> {
     let mut keep: Vec<(String, String)> = Vec::new();
+    if owned.keep_route {
+        keep.push((
+            id("gateway.networking.k8s.io", "httproutes"),
+            format!("{isvc}-predictor"),
+        ));
+    }
     for o in &owned.objects {
         let Some(res) = res_of(o) else { continue };
         upsert(store, &res, o);

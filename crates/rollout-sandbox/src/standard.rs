@@ -319,6 +319,8 @@ pub struct Outcome {
     pub available: Vec<(String, i64, bool)>,
     /// The stable Deployment (`None` when stopped).
     pub stable: Option<String>,
+    /// Whether the HTTPRoute made before is left as it is (the predictor is not ready).
+    pub keep_route: bool,
     /// Each predictor's annotations (the InferenceService's, then the predictor spec's), by
     /// Deployment: where the sandbox reads its behaviour.
     pub annotations: Vec<(String, Map<String, Value>)>,
@@ -371,11 +373,15 @@ pub fn reconcile(
     }
     let stable = preds.iter().find(|p| p.canary.is_none());
     let stable_ready = stable.is_some_and(|p| available(&p.deployment));
-    st.routes = if stable_ready {
-        routes(&preds, &available, gateway)
-    } else {
-        Vec::new()
-    };
+    // While the predictor is not ready KServe builds no HTTPRoute and leaves the one it made
+    // before as it is (`createRawPredictorHTTPRoute` returns nil, `reconcilePredictorHTTPRoute`
+    // then does nothing: `httproute_reconciler.go` 258-265, 812-814); stopping deletes it.
+    let keep_route = gateway && !stable_ready && !stopped(obj);
+    if stable_ready {
+        st.routes = routes(&preds, &available, gateway);
+    } else if !keep_route {
+        st.routes = Vec::new();
+    }
     if gateway && stable_ready {
         objects.push(http_route(obj, &st.routes, DOMAIN));
     }
@@ -431,6 +437,7 @@ pub fn reconcile(
             .map(|p| (p.deployment.clone(), p.replicas, available(&p.deployment)))
             .collect(),
         stable: stable.map(|p| p.deployment.clone()),
+        keep_route,
         annotations,
     }
 }
@@ -529,6 +536,53 @@ mod tests {
         assert_eq!(
             cond.map(|c| (c["status"].clone(), c["reason"].clone())),
             Some((json!("False"), json!("Stopped")))
+        );
+    }
+
+    #[test]
+    fn an_unready_predictor_keeps_the_route_it_had_and_stopping_deletes_it() {
+        let o = isvc(v2(20), "");
+        let config = json!({"ingress": "{\"enableGatewayApi\": true}"});
+        let mut st = State::default();
+        let t0 = Instant::now();
+        let ready = reconcile(&o, &mut st, Some(&config), t0, Duration::ZERO, &[], "t");
+        assert!(!ready.keep_route);
+        assert!(ready.objects.iter().any(|x| x["kind"] == "HTTPRoute"));
+        let before = st.routes.clone();
+        assert_eq!(before.len(), 2);
+        let failing = ["iris-predictor".to_string()];
+        let out = reconcile(
+            &o,
+            &mut st,
+            Some(&config),
+            t0,
+            Duration::ZERO,
+            &failing,
+            "t",
+        );
+        assert!(
+            out.keep_route,
+            "KServe builds no route and leaves the old one"
+        );
+        assert!(!out.objects.iter().any(|x| x["kind"] == "HTTPRoute"));
+        assert_eq!(
+            st.routes, before,
+            "requests follow the route that is still there"
+        );
+        let mut stopped = o.clone();
+        stopped["metadata"]["annotations"]["serving.kserve.io/stop"] = json!("true");
+        let out = reconcile(
+            &stopped,
+            &mut st,
+            Some(&config),
+            t0,
+            Duration::ZERO,
+            &[],
+            "t",
+        );
+        assert!(
+            !out.keep_route && st.routes.is_empty(),
+            "stopping deletes it"
         );
     }
 
