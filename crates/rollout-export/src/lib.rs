@@ -46,6 +46,7 @@ fn metric(p: &Policy, arm: Arm, id: MetricId, window: Duration, revs: &Revisions
             let token = "rolloutctlrevisionvariable";
             let is_var = revision.starts_with('$');
             let rendered = t.render(&Vars {
+                mode: Default::default(),
                 revision: if is_var { token } else { revision },
                 namespace: &p.target.namespace,
                 name: &p.target.name,

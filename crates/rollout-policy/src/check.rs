@@ -1103,6 +1103,7 @@ impl<'a> Checker<'a> {
             return;
         }
         let sample = Vars {
+            mode: Default::default(),
             revision: "sample-predictor-00001",
             namespace: "sample-ns",
             name: "sample",

@@ -131,11 +131,11 @@ pub const SHAPES: [Shape; 5] = [
     },
     Shape {
         preset: "istio",
-        matches: "Istio sidecar metrics reported by the destination (`istio_requests_total`, latencies in ms), the revision's Deployment as `destination_workload`",
+        matches: "Istio sidecar metrics reported by the destination (`istio_requests_total`, latencies in ms), the arm's Deployment as `destination_workload` (a Knative revision's `<revision>-deployment`, or a Standard-mode predictor's own): either deployment mode",
         count: "istio_requests_total",
         bucket: "istio_request_duration_milliseconds_bucket",
         latency_unit: Unit::Ms,
-        selector: r#"reporter="destination",destination_workload_namespace="${namespace}",destination_workload="${revision}-deployment""#,
+        selector: r#"reporter="destination",destination_workload_namespace="${namespace}",destination_workload="${workload}""#,
         errors: r#"response_code=~"5..""#,
         join: None,
         revision_label: "destination_workload",
@@ -228,6 +228,7 @@ mod tests {
                 }
                 let t = Template::parse(&def).expect("template");
                 let q = t.render(&Vars {
+                    mode: Default::default(),
                     revision: "sklearn-iris-predictor-00002",
                     namespace: "kserve-test",
                     name: "sklearn-iris",

@@ -28,18 +28,22 @@ pub enum Var {
     Component,
     /// The Knative configuration / service name: `<name>-<component>`.
     Configuration,
+    /// The arm's Deployment: `<revision>-deployment` in Knative mode, the predictor's own
+    /// Deployment (its revision) in Standard mode.
+    Workload,
     /// The query window, as a PromQL duration.
     Window,
 }
 
 impl Var {
     /// Every placeholder.
-    pub const ALL: [Var; 6] = [
+    pub const ALL: [Var; 7] = [
         Var::Revision,
         Var::Namespace,
         Var::Name,
         Var::Component,
         Var::Configuration,
+        Var::Workload,
         Var::Window,
     ];
 
@@ -51,6 +55,7 @@ impl Var {
             Var::Name => "name",
             Var::Component => "component",
             Var::Configuration => "configuration",
+            Var::Workload => "workload",
             Var::Window => "window",
         }
     }
@@ -125,11 +130,25 @@ pub struct Template {
     pub segments: Vec<Segment>,
 }
 
+/// How KServe runs the arms, which decides what `${workload}` is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Knative Services: a revision runs as the Deployment `<revision>-deployment`.
+    #[default]
+    Knative,
+    /// Raw Deployments (KServe's Standard mode): the revision *is* the predictor's Deployment,
+    /// `<isvc>-predictor` or `<isvc>-<name>-predictor`.
+    Standard,
+}
+
 /// Values to fill a template with.
 #[derive(Clone, Debug)]
 pub struct Vars<'a> {
-    /// Revision name of the arm.
+    /// Revision name of the arm (in Standard mode: its Deployment).
     pub revision: &'a str,
+    /// How the arms run.
+    pub mode: Mode,
     /// Namespace.
     pub namespace: &'a str,
     /// InferenceService name.
@@ -253,6 +272,10 @@ impl Template {
     pub fn render(&self, vars: &Vars<'_>) -> String {
         let mut out = String::with_capacity(self.text.len() + 64);
         let configuration = format!("{}-{}", vars.name, vars.component);
+        let workload = match vars.mode {
+            Mode::Knative => format!("{}-deployment", vars.revision),
+            Mode::Standard => vars.revision.to_string(),
+        };
         for seg in &self.segments {
             match seg {
                 Segment::Text(t) => out.push_str(t),
@@ -263,6 +286,7 @@ impl Template {
                         Var::Name => vars.name,
                         Var::Component => vars.component,
                         Var::Configuration => configuration.as_str(),
+                        Var::Workload => workload.as_str(),
                         Var::Window => {
                             out.push_str(&promql_duration(vars.window));
                             continue;
@@ -340,6 +364,7 @@ mod tests {
 
     fn vars(rev: &str) -> Vars<'_> {
         Vars {
+            mode: Default::default(),
             revision: rev,
             namespace: "ns",
             name: "svc",

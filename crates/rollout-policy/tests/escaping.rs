@@ -16,6 +16,7 @@ fn matchers(q: &str) -> Vec<promql_parser::label::Matcher> {
 
 fn vars(v: &str) -> Vars<'_> {
     Vars {
+        mode: Default::default(),
         revision: v,
         namespace: "ns",
         name: "svc",

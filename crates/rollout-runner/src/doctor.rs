@@ -9,7 +9,7 @@ use rollout_engine::{Machine, Sample};
 use serde_json::Value;
 
 use crate::metrics::Prom;
-use crate::{Millis, isvc, preflight};
+use crate::{Millis, isvc, preflight, standard};
 
 /// How a check came out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +95,7 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
         ));
     }
     let mut stable = None;
+    let mut serving_mode = isvc::Mode::Knative;
     match &inputs.client {
         Err(e) => out.push(Check::new(
             "cluster",
@@ -129,13 +130,9 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
                     ));
                 }
                 let mode = isvc::deployment_mode(&obj);
-                if matches!(mode.as_str(), "Standard" | "RawDeployment") {
-                    out.push(Check::new(
-                        "InferenceService",
-                        Verdict::Fail,
-                        format!("{key} is in Standard mode (raw Deployments), where KServe ignores canaryTrafficPercent; this rolloutctl drives Knative-mode canaries (KServe's webhook refuses to change the mode of an existing InferenceService)"),
-                    ));
-                    out.push(standard_routing(client).await);
+                if isvc::mode(&obj) == isvc::Mode::Standard {
+                    serving_mode = isvc::Mode::Standard;
+                    stable = standard_target(&mut out, client, &obj, &key, component).await;
                 } else if !isvc::has_component(&obj, component) {
                     out.push(Check::new(
                         "InferenceService",
@@ -211,7 +208,17 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
         return out;
     };
     let metrics = inputs.machine.query_metrics();
-    for r in preflight::diagnose(policy, &metrics, &prom, &stable, inputs.now, false).await {
+    for r in preflight::diagnose(
+        policy,
+        &metrics,
+        &prom,
+        serving_mode,
+        &stable,
+        inputs.now,
+        false,
+    )
+    .await
+    {
         out.push(match r {
             Ok(p) => Check::new(
                 format!("metric {}", p.metric),
@@ -226,6 +233,52 @@ pub async fn run(inputs: Inputs<'_>) -> Vec<Check> {
         });
     }
     out
+}
+
+/// The checks of a Standard-mode InferenceService (one canary entry at most, on the predictor;
+/// the cluster's routing; a canary's HTTPRoute backend): its stable Deployment when it can be
+/// judged.
+async fn standard_target(
+    out: &mut Vec<Check>,
+    client: &Client,
+    obj: &kube::api::DynamicObject,
+    key: &str,
+    component: &str,
+) -> Option<String> {
+    let stable = standard::stable(obj);
+    let n = standard::canary_count(obj);
+    if component != "predictor" || n > 1 {
+        out.push(Check::new(
+            "InferenceService",
+            Verdict::Fail,
+            if n > 1 {
+                format!("{key} has {n} spec.canary[] entries; rolloutctl judges one canary at a time (remove all but one)")
+            } else {
+                format!("{key} is in Standard mode, where canaries (spec.canary[]) are predictors only; the policy targets the {component}")
+            },
+        ));
+        return None;
+    }
+    let canary = standard::canary(obj);
+    let detail = match (&canary, standard::spec_percent(obj)) {
+        (Some((_, d)), Some(p)) => format!(", canary Deployment {d} at {p}% (spec.canary[0])"),
+        _ => ", no spec.canary[] entry yet".to_string(),
+    };
+    out.push(Check::new(
+        "InferenceService",
+        Verdict::Pass,
+        format!("{key}: Standard mode, stable Deployment {stable}{detail}"),
+    ));
+    out.push(standard_routing(client).await);
+    if let Some((_, d)) = canary {
+        let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
+        let isvc = obj.metadata.name.as_deref().unwrap_or_default();
+        out.push(match standard::routed(client, ns, isvc, &d).await {
+            Ok(m) => Check::new("canary routing", Verdict::Pass, m),
+            Err(m) => Check::new("canary routing", Verdict::Fail, m),
+        });
+    }
+    Some(stable)
 }
 
 /// Whether a Standard-mode canary would receive traffic at all: only KServe's Gateway API

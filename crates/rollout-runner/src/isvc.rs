@@ -44,6 +44,51 @@ pub fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk, "inferenceservices")
 }
 
+pub use rollout_policy::template::Mode;
+
+/// The InferenceService's mode ([`deployment_mode`]).
+pub fn mode(obj: &DynamicObject) -> Mode {
+    match deployment_mode(obj).as_str() {
+        "Standard" | "RawDeployment" => Mode::Standard,
+        _ => Mode::Knative,
+    }
+}
+
+/// A traffic change the engine asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// The canary at this percentage.
+    Set(u8),
+    /// The canary serves everything (Knative: 100%; Standard: it becomes the predictor).
+    Promote,
+    /// The stable serves everything (Knative: 0%; Standard: the entry is removed).
+    Rollback,
+}
+
+impl Traffic {
+    /// The canary's share once the change holds.
+    pub fn percent(self) -> u8 {
+        match self {
+            Traffic::Set(p) => p,
+            Traffic::Promote => 100,
+            Traffic::Rollback => 0,
+        }
+    }
+}
+
+/// A 409 Conflict for a write whose precondition failed before it was sent.
+fn conflict_error(what: &str) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status {
+            code: 409,
+            reason: "Conflict".into(),
+            message: what.to_string(),
+            ..kube::core::Status::default()
+        }
+        .boxed(),
+    )
+}
+
 /// Whether a kube error is worth retrying (transport, 5xx, 429).
 pub fn transient(e: &kube::Error) -> bool {
     match e {
@@ -100,6 +145,49 @@ impl Isvc {
                 &Patch::<()>::Json(patch),
             )
             .await
+    }
+}
+
+impl Isvc {
+    /// Makes the traffic change `t` in `mode`, guarded by `resource_version` (the copy the
+    /// decision was made on). `Ok(false)`: nothing to write (a Standard-mode InferenceService
+    /// without its canary entry). In Standard mode the write is computed from the API server's
+    /// copy, since a watch's copy is slimmed; a copy newer than the decision's is a 409.
+    pub async fn write(
+        &self,
+        mode: Mode,
+        component: &str,
+        resource_version: &str,
+        t: Traffic,
+    ) -> Result<bool, kube::Error> {
+        if mode == Mode::Knative {
+            self.set_traffic(component, resource_version, t.percent())
+                .await?;
+            return Ok(true);
+        }
+        let fresh = self.get().await?;
+        if fresh.metadata.resource_version.as_deref() != Some(resource_version) {
+            return Err(conflict_error(&format!(
+                "InferenceService {}/{} changed since the decision",
+                self.namespace, self.name
+            )));
+        }
+        let patch = match t {
+            Traffic::Set(p) => crate::standard::traffic_patch(&fresh, resource_version, p),
+            Traffic::Promote => crate::standard::promote_patch(&fresh, resource_version),
+            Traffic::Rollback => crate::standard::rollback_patch(&fresh, resource_version),
+        };
+        let Some(patch) = patch else {
+            return Ok(false);
+        };
+        self.api
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::<()>::Json(patch?),
+            )
+            .await?;
+        Ok(true)
     }
 }
 
@@ -171,19 +259,39 @@ pub fn slim(o: &mut DynamicObject) {
         }
         Value::Object(out)
     };
-    let mut spec = serde_json::Map::new();
-    for (name, c) in o.data["spec"].as_object().into_iter().flatten() {
-        let Some(c) = c.as_object() else { continue };
+    // A component: its name, traffic and model location (of `model` or a framework block).
+    let component = |c: &serde_json::Map<String, Value>| {
         let mut kept = serde_json::Map::new();
         for (k, v) in c {
-            if matches!(k.as_str(), "canaryTrafficPercent" | "storageUri") {
+            if matches!(k.as_str(), "canaryTrafficPercent" | "storageUri" | "name") {
                 kept.insert(k.clone(), v.clone());
             } else if let Some(u) = v.get("storageUri") {
-                // `model` or a framework block: only its model's location is read.
                 kept.insert(k.clone(), serde_json::json!({ "storageUri": u }));
             }
         }
-        spec.insert(name.clone(), Value::Object(kept));
+        Value::Object(kept)
+    };
+    let mut spec = serde_json::Map::new();
+    for (name, c) in o.data["spec"].as_object().into_iter().flatten() {
+        if let Some(c) = c.as_object() {
+            spec.insert(name.clone(), component(c));
+        } else if name == "canary"
+            && let Some(entries) = c.as_array()
+        {
+            // Standard mode's canaries: each one's traffic and predictor (the writes are made
+            // from the API server's full copy, never from this one).
+            let entries = entries
+                .iter()
+                .map(|e| {
+                    let mut kept = pick(e, &["trafficPercent"]);
+                    if let (Some(k), Some(p)) = (kept.as_object_mut(), e["predictor"].as_object()) {
+                        k.insert("predictor".into(), component(p));
+                    }
+                    kept
+                })
+                .collect();
+            spec.insert(name.clone(), Value::Array(entries));
+        }
     }
     let st = &o.data["status"];
     let mut status = serde_json::Map::new();
@@ -197,6 +305,9 @@ pub fn slim(o: &mut DynamicObject) {
             .map(|c| pick(c, &["type", "status"]))
             .collect();
         status.insert("conditions".into(), Value::Array(ready));
+    }
+    if let Some(c) = st.get("canaryStatuses") {
+        status.insert("canaryStatuses".into(), c.clone());
     }
     let mut comps = serde_json::Map::new();
     for (name, c) in st["components"].as_object().into_iter().flatten() {
@@ -348,6 +459,36 @@ mod tests {
             }
         }))
         .expect("an InferenceService")
+    }
+
+    #[test]
+    fn a_slim_standard_mode_copy_reads_as_the_full_object() {
+        let o: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": "ns", "resourceVersion": "9",
+                         "annotations": {"serving.kserve.io/deploymentMode": "Standard", "team": "a"}},
+            "spec": {"predictor": {"name": "v1", "minReplicas": 2,
+                                   "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://m/1",
+                                             "resources": {"limits": {"cpu": "1"}}}},
+                     "canary": [{"trafficPercent": 20, "predictor": {"name": "v2",
+                        "containers": [{"name": "c", "env": [{"name": "A", "value": "b"}]}],
+                        "model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://m/2"}}}]},
+            "status": {"deploymentMode": "Standard",
+                       "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t"},
+                                      {"type": "CanaryPredictorReady", "status": "True"}],
+                       "canaryStatuses": [{"name": "v2", "ready": true, "trafficPercent": 20}],
+                       "components": {"predictor": {"url": "http://m-v1-predictor-ns.example.com"}}}
+        }))
+        .expect("an InferenceService");
+        let mut s = o.clone();
+        slim(&mut s);
+        use crate::standard;
+        assert_eq!(mode(&s), Mode::Standard);
+        assert_eq!(standard::observe(&s, None), standard::observe(&o, None));
+        assert_eq!(standard::revisions(&s), standard::revisions(&o));
+        assert_eq!(standard::model_uri(&s), standard::model_uri(&o));
+        assert_eq!(standard::spec_percent(&s), Some(20));
+        assert_eq!(standard::canary_count(&s), 1);
     }
 
     #[test]

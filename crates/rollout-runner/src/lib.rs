@@ -27,6 +27,7 @@ pub mod run;
 pub mod secret;
 pub mod share;
 pub mod signals;
+pub mod standard;
 pub mod status;
 pub mod telemetry;
 

@@ -90,9 +90,15 @@ pub fn which(f: &Facts<'_>, status: &mut ModelRolloutStatus) -> Which {
         _ => {}
     }
     let prev = f.state.clone().filter(|p| p.canary_revision.is_some());
+    // The same canary: the same revision running the same model. (A Standard-mode canary is
+    // named by its Deployment, which a new model under the same `name` keeps.)
+    let same_model = |recorded: Option<&str>| {
+        recorded.is_none() || f.model_uri.is_none() || recorded == f.model_uri.as_deref()
+    };
     let same = prev
         .as_ref()
-        .is_some_and(|p| p.canary_revision.as_deref() == Some(candidate.as_str()));
+        .is_some_and(|p| p.canary_revision.as_deref() == Some(candidate.as_str()))
+        && same_model(status.canary_model_uri.as_deref());
     if let Some(p) = prev
         .as_ref()
         .filter(|_| same && !retry_for(&candidate, attempt))
@@ -110,6 +116,7 @@ pub fn which(f: &Facts<'_>, status: &mut ModelRolloutStatus) -> Which {
     }
     let blocked = status::last_outcome(status, &candidate)
         .filter(|h| matches!(h.outcome.as_str(), "rolled_back" | "aborted"))
+        .filter(|h| same_model(h.model_uri.as_deref()))
         .map(|h| (h.outcome.clone(), h.attempt, h.reason.clone()));
     if let Some((outcome, last_attempt, reason)) = blocked.filter(|_| !same)
         && !retry_for(&candidate, last_attempt)
@@ -135,9 +142,20 @@ pub fn which(f: &Facts<'_>, status: &mut ModelRolloutStatus) -> Which {
         };
         return Which::Done(End::Finished(o, msg));
     }
+    if let Some(p) = prev.as_ref().filter(|_| f.latest_created == f.rolled_out) {
+        // The last rollout ended and nothing new is deployed (a Standard-mode rollback removed
+        // the canary entry): it stays ended.
+        let outcome = Outcome::of(p);
+        let msg = format!(
+            "the rollout of `{}` ended {}; there is no canary now",
+            p.canary_revision.clone().unwrap_or_default(),
+            outcome.as_str().replace('_', " ")
+        );
+        return Which::Done(End::Finished(outcome, msg));
+    }
     if f.latest_created.is_none() || f.latest_created == f.rolled_out {
         let msg = format!(
-            "no canary: `{candidate}` already serves all traffic; deploy a new model revision (with `canaryTrafficPercent`) first"
+            "no canary: `{candidate}` already serves all traffic; deploy a new model first (Knative mode: a new `spec.predictor` with `canaryTrafficPercent`; Standard mode: a `spec.canary[]` entry)"
         );
         set_condition(
             &mut status.conditions,
@@ -233,6 +251,45 @@ mod tests {
         Phase::RolledBack {
             reason: Reason::Aborted,
         }
+    }
+
+    #[test]
+    fn a_standard_mode_canary_is_the_same_only_with_the_same_model_and_its_removal_ends_nothing() {
+        let spec = ModelRolloutSpec::default();
+        let mut status = ModelRolloutStatus {
+            canary_model_uri: Some("gs://m/2".into()),
+            ..ModelRolloutStatus::default()
+        };
+        // Rolled back: the entry removed, the stable Deployment serves all. The rollout stays
+        // ended as it ended, it does not become "no canary".
+        let w = which(
+            &facts(&spec, Some(state("d-v2", rolled_back())), "r1"),
+            &mut status,
+        );
+        assert!(
+            matches!(w, Which::Done(End::Finished(Outcome::Aborted, _))),
+            "{w:?}"
+        );
+        assert!(status.condition("Progressing").is_none(), "{status:?}");
+        // The same canary name (the same Deployment) with the same model: still the last one.
+        let mut f = facts(&spec, Some(state("d-v2", rolled_back())), "d-v2");
+        f.model_uri = Some("gs://m/2".into());
+        assert!(matches!(which(&f, &mut status), Which::Done(_)));
+        // ... with another model: a new rollout.
+        f.model_uri = Some("gs://m/3".into());
+        let w = which(&f, &mut status);
+        assert!(
+            matches!(
+                w,
+                Which::Drive {
+                    state: None,
+                    fresh: true,
+                    ..
+                }
+            ),
+            "{w:?}"
+        );
+        assert_eq!(status.canary_model_uri.as_deref(), Some("gs://m/3"));
     }
 
     #[test]

@@ -421,7 +421,13 @@ pub(crate) fn identity(url: &str, auth: &rollout_policy::model::Auth) -> String 
 }
 
 /// Renders the PromQL of a query key for the given revisions.
-pub fn render(policy: &Policy, key: &QueryKey, canary: &str, stable: &str) -> Option<String> {
+pub fn render(
+    policy: &Policy,
+    key: &QueryKey,
+    mode: rollout_policy::template::Mode,
+    canary: &str,
+    stable: &str,
+) -> Option<String> {
     let m = policy.metrics.get(key.metric)?;
     let MetricKind::Query(t) = &m.kind else {
         return None;
@@ -432,6 +438,7 @@ pub fn render(policy: &Policy, key: &QueryKey, canary: &str, stable: &str) -> Op
         } else {
             stable
         },
+        mode,
         namespace: &policy.target.namespace,
         name: &policy.target.name,
         component: policy.target.component.as_str(),

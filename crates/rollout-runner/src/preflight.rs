@@ -10,7 +10,7 @@ use std::time::Duration;
 use rollout_engine::{Machine, Sample};
 use rollout_policy::model::{Dim, MetricKind, Origin, Policy, Unit};
 use rollout_policy::presets;
-use rollout_policy::template::Vars;
+use rollout_policy::template::{Mode, Vars};
 
 use crate::Millis;
 use crate::metrics::Prom;
@@ -95,6 +95,7 @@ fn window(policy: &Policy) -> Duration {
 pub async fn check(
     machine: &Machine,
     prom: &Prom,
+    mode: Mode,
     stable: &str,
     now: Millis,
 ) -> Result<String, Problem> {
@@ -103,6 +104,7 @@ pub async fn check(
         machine.policy(),
         &machine.query_metrics(),
         prom,
+        mode,
         stable,
         now,
         true,
@@ -124,6 +126,7 @@ pub async fn diagnose(
     policy: &Policy,
     metrics: &[usize],
     prom: &Prom,
+    mode: Mode,
     stable: &str,
     now: Millis,
     stop_at_first: bool,
@@ -131,6 +134,7 @@ pub async fn diagnose(
     let window = window(policy);
     let vars = |revision| Vars {
         revision,
+        mode,
         namespace: &policy.target.namespace,
         name: &policy.target.name,
         component: policy.target.component.as_str(),

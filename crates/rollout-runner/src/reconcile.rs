@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::isvc::{self, Isvc};
 use crate::policy::{self, Edit};
 use crate::status::{self, CHECKPOINT_MS, View, set_condition};
-use crate::{intents, lifecycle, now_ms, preflight};
+use crate::{intents, lifecycle, now_ms, preflight, standard};
 use crate::{metrics, share};
 
 /// Reconciles one ModelRollout.
@@ -305,11 +305,8 @@ async fn reconcile_one(
         Err(e) => return Err(Error::kube(format!("reading InferenceService {key}"), e)),
     };
     let component = policy.target.component.as_str();
-    let mode = isvc::deployment_mode(&obj);
-    if matches!(mode.as_str(), "Standard" | "RawDeployment") {
-        let msg = format!(
-            "InferenceService {key} is in Standard mode, where KServe ignores canaryTrafficPercent; this rolloutctl drives canaries in Knative mode only, not Standard mode's spec.canary[] (KServe's webhook refuses to change the mode of an existing InferenceService: a Knative-mode rollout needs one created with `serving.kserve.io/deploymentMode: Knative`; `rolloutctl doctor` checks the rest)"
-        );
+    let mode = isvc::mode(&obj);
+    if let Some(msg) = standard_refusal(&obj, mode, component, key) {
         return stop_with(
             ctx,
             mr,
@@ -341,14 +338,27 @@ async fn reconcile_one(
         "TargetFound",
         "True",
         "Found",
-        &format!("InferenceService {key}, {mode} mode, component {component}"),
+        &format!(
+            "InferenceService {key}, {} mode, component {component}",
+            isvc::deployment_mode(&obj)
+        ),
         now,
         generation,
     );
-    let cluster = isvc::observe(&obj, component);
-    let comp = &obj.data["status"]["components"][component];
-    let latest_created = comp["latestCreatedRevision"].as_str().map(str::to_string);
-    let rolled_out = comp["latestRolledoutRevision"].as_str().map(str::to_string);
+    let (latest_created, rolled_out, model_uri) = match mode {
+        isvc::Mode::Knative => {
+            let comp = &obj.data["status"]["components"][component];
+            (
+                comp["latestCreatedRevision"].as_str().map(str::to_string),
+                comp["latestRolledoutRevision"].as_str().map(str::to_string),
+                isvc::storage_uri(&obj, component),
+            )
+        }
+        isvc::Mode::Standard => {
+            let (candidate, stable) = standard::revisions(&obj);
+            (Some(candidate), Some(stable), standard::model_uri(&obj))
+        }
+    };
 
     // The state: this context's copy while the object still holds what it wrote, else the
     // object's; it must fit the policy.
@@ -433,7 +443,7 @@ async fn reconcile_one(
             state,
             latest_created: latest_created.as_deref(),
             rolled_out: rolled_out.as_deref(),
-            model_uri: isvc::storage_uri(&obj, component),
+            model_uri,
             now,
             generation,
         },
@@ -470,9 +480,9 @@ async fn reconcile_one(
     // Traffic someone else set (kubectl, a GitOps sync): never leave the canary at more (or
     // other) traffic than this step allows; restore it at once and say who changed it.
     if !ctx.dry_run
-        && let Some((expected, accepted)) = expected_traffic(&state)
+        && let Some((expected, accepted)) = expected_traffic(&state, mode)
     {
-        let mut traffic = traffic_set(&obj, component, &accepted);
+        let mut traffic = traffic_set(&obj, mode, component, &accepted);
         // The watch's copy has no managedFields and may lag this driver's own last write:
         // what does not fit is confirmed on the API server's copy before it is acted on.
         if !traffic.1 && cached {
@@ -480,24 +490,31 @@ async fn reconcile_one(
                 Ok(o) => Arc::new(o),
                 Err(e) => return Err(Error::kube(format!("reading InferenceService {key}"), e)),
             };
-            traffic = traffic_set(&obj, component, &accepted);
+            traffic = traffic_set(&obj, mode, component, &accepted);
         }
         let (spec, fits) = traffic;
-        let by = field_owner(&obj, component);
-        if !fits && by.as_deref() != Some(isvc::FIELD_MANAGER) {
+        let by = field_owner(&obj, mode, component);
+        let field = traffic_field(mode, component);
+        // A Standard-mode canary entry that is gone cannot be given traffic back: the engine
+        // sees the stable serving everything and pauses on the changed revision.
+        let restorable = mode == isvc::Mode::Knative || spec.is_some();
+        if !fits && restorable && by.as_deref() != Some(isvc::FIELD_MANAGER) {
             ctx.may_write()?;
             let rv = obj.metadata.resource_version.clone().unwrap_or_default();
             let who = by.unwrap_or_else(|| "an unknown writer".into());
             let was = spec.map_or_else(|| "removed".to_string(), |p| format!("set to {p}%"));
-            match target.set_traffic(component, &rv, expected).await {
+            match target
+                .write(mode, component, &rv, isvc::Traffic::Set(expected))
+                .await
+            {
                 Ok(_) => {
                     ctx.wrote(key);
-                    tracing::warn!(rollout = %key, %who, "canaryTrafficPercent was {was} out of band; restored to {expected}%");
+                    tracing::warn!(rollout = %key, %who, "{field} was {was} out of band; restored to {expected}%");
                     pending_events.push(Command::Event {
                         warning: true,
                         reason: "OutOfBandTraffic".into(),
                         message: format!(
-                            "spec.{component}.canaryTrafficPercent was {was} by {who}, not by rolloutctl; restored to {expected}% (step {} of the rollout); if a GitOps tool owns the InferenceService, let it ignore this field",
+                            "{field} was {was} by {who}, not by rolloutctl; restored to {expected}% (step {} of the rollout); if a GitOps tool owns the InferenceService, let it ignore this field",
                             state.step + 1
                         ),
                     });
@@ -505,15 +522,18 @@ async fn reconcile_one(
                 Err(e) if isvc::conflict(&e) => return Ok(Some(ctx.conflicted(key))),
                 Err(e) => {
                     return Err(Error::kube(
-                        format!(
-                            "restoring spec.{component}.canaryTrafficPercent of InferenceService {key}"
-                        ),
+                        format!("restoring {field} of InferenceService {key}"),
                         e,
                     ));
                 }
             }
         }
     }
+
+    let cluster = match mode {
+        isvc::Mode::Knative => isvc::observe(&obj, component),
+        isvc::Mode::Standard => standard::observe(&obj, Some(&state)),
+    };
 
     // Intents, measurements, one engine step.
     let ops = intents::operators(&mr.spec, &state, candidate.as_deref(), attempt);
@@ -527,11 +547,20 @@ async fn reconcile_one(
             .is_none_or(|c| c.status != "True")
     {
         let stable = cluster.stable_revision.clone().unwrap_or_default();
-        let checked = match ctx.prom(policy) {
-            Ok(p) => preflight::check(&machine, &p, &stable, now)
+        let routed = match mode {
+            isvc::Mode::Knative => Ok(None),
+            isvc::Mode::Standard => {
+                standard::routed(&ctx.client, &ns, &name, &cluster.canary_revision)
+                    .await
+                    .map(Some)
+            }
+        };
+        let checked = match (routed, ctx.prom(policy)) {
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(route), Ok(p)) => preflight::check(&machine, &p, mode, &stable, now)
                 .await
+                .map(|m| route.map_or(m.clone(), |r| format!("{r}; {m}")))
                 .map_err(|problem| problem.to_string()),
-            Err(e) => Err(e),
         };
         match checked {
             Ok(msg) => set_condition(
@@ -573,7 +602,7 @@ async fn reconcile_one(
     let observations = match ctx.reuse(key, &keys, &revisions, now, interval) {
         Some(obs) => obs,
         None => {
-            let obs = measure(ctx, policy, key, &keys, &revisions, now).await;
+            let obs = measure(ctx, policy, key, &keys, &revisions, mode, now).await;
             if !keys.is_empty() {
                 ctx.remember(key, keys.clone(), revisions.clone(), now, obs.clone());
             }
@@ -612,9 +641,9 @@ async fn reconcile_one(
         status::archive(&mut status, &state);
     }
     let traffic = out.commands.iter().rev().find_map(|c| match c {
-        Command::SetTraffic { percent } => Some(*percent),
-        Command::Promote => Some(100),
-        Command::Rollback => Some(0),
+        Command::SetTraffic { percent } => Some(isvc::Traffic::Set(*percent)),
+        Command::Promote => Some(isvc::Traffic::Promote),
+        Command::Rollback => Some(isvc::Traffic::Rollback),
         _ => None,
     });
     let persisted_state: Option<State> = original
@@ -675,16 +704,21 @@ async fn reconcile_one(
 
     // Traffic, the one write to the InferenceService.
     let mut soon = None;
-    if let Some(p) = traffic {
+    if let Some(t) = traffic {
+        let field = traffic_field(mode, component);
+        let p = t.percent();
         if ctx.dry_run {
-            tracing::info!(rollout = %key, traffic = p, "dry run: would set canaryTrafficPercent");
+            tracing::info!(rollout = %key, traffic = p, "dry run: would set {field}");
         } else {
             ctx.may_write()?;
             let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-            match target.set_traffic(component, &rv, p).await {
-                Ok(_) => {
+            match target.write(mode, component, &rv, t).await {
+                Ok(true) => {
                     ctx.wrote(key);
-                    tracing::info!(rollout = %key, traffic = p, "set spec.{component}.canaryTrafficPercent")
+                    tracing::info!(rollout = %key, traffic = p, "set {field}")
+                }
+                Ok(false) => {
+                    tracing::info!(rollout = %key, "the InferenceService has no spec.canary[] entry any more; nothing to write");
                 }
                 Err(e) if isvc::conflict(&e) => {
                     let delay = ctx.conflicted(key);
@@ -693,9 +727,7 @@ async fn reconcile_one(
                 }
                 Err(e) => {
                     return Err(Error::kube(
-                        format!(
-                            "setting spec.{component}.canaryTrafficPercent of InferenceService {key} to {p}"
-                        ),
+                        format!("setting {field} of InferenceService {key} to {p}%"),
                         e,
                     ));
                 }
@@ -760,43 +792,88 @@ fn state_is_new(events: &mut Vec<Command>, event: Option<(String, String)>) {
     }
 }
 
-/// The `canaryTrafficPercent` to restore if someone else changed it, and the values the state
-/// accounts for (a requested change may not have been written yet); none while the rollout is
-/// starting or over.
-fn expected_traffic(state: &State) -> Option<(u8, Vec<u8>)> {
+/// Why a Standard-mode InferenceService cannot be driven, if it cannot.
+fn standard_refusal(
+    obj: &kube::api::DynamicObject,
+    mode: isvc::Mode,
+    component: &str,
+    key: &str,
+) -> Option<String> {
+    if mode != isvc::Mode::Standard {
+        return None;
+    }
+    if component != "predictor" {
+        return Some(format!(
+            "InferenceService {key} is in Standard mode, where KServe's canaries (spec.canary[]) are predictors only; the policy targets the {component}"
+        ));
+    }
+    let n = standard::canary_count(obj);
+    (n > 1).then(|| {
+        format!(
+            "InferenceService {key} has {n} spec.canary[] entries; rolloutctl judges one canary against the stable predictor at a time (remove all but one)"
+        )
+    })
+}
+
+/// The field a traffic write sets, for messages.
+fn traffic_field(mode: isvc::Mode, component: &str) -> String {
+    match mode {
+        isvc::Mode::Knative => format!("spec.{component}.canaryTrafficPercent"),
+        isvc::Mode::Standard => "spec.canary[0].trafficPercent".into(),
+    }
+}
+
+/// The traffic to restore if someone else changed it, and the values the state accounts for
+/// (a requested change may not have been written yet); none while the rollout is starting or
+/// over, nor in Standard mode while it promotes or rolls back (those writes remove the entry,
+/// and the engine repeats them itself).
+fn expected_traffic(state: &State, mode: isvc::Mode) -> Option<(u8, Vec<u8>)> {
     let was = state.traffic;
     match &state.phase {
         Phase::Holding { .. } | Phase::AwaitingApproval { .. } | Phase::Paused { .. } => {
             Some((was, vec![was]))
         }
         Phase::ShiftingTraffic { target, .. } => Some((*target, vec![was, *target])),
-        Phase::Promoting { .. } => Some((100, vec![was, 100])),
-        Phase::RollingBack { .. } => Some((0, vec![was, 0])),
+        Phase::Promoting { .. } if mode == isvc::Mode::Knative => Some((100, vec![was, 100])),
+        Phase::RollingBack { .. } if mode == isvc::Mode::Knative => Some((0, vec![was, 0])),
         _ => None,
     }
 }
 
-/// The component's `canaryTrafficPercent` and whether it is one the step accepts.
+/// The canary's traffic in the spec and whether it is one the step accepts.
 fn traffic_set(
     obj: &kube::api::DynamicObject,
+    mode: isvc::Mode,
     component: &str,
     accepted: &[u8],
 ) -> (Option<i64>, bool) {
-    let spec = obj
-        .data
-        .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
-        .and_then(serde_json::Value::as_i64);
+    let spec = match mode {
+        isvc::Mode::Knative => obj
+            .data
+            .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
+            .and_then(serde_json::Value::as_i64),
+        isvc::Mode::Standard => standard::spec_percent(obj),
+    };
     let fits = spec.is_some_and(|p| accepted.iter().any(|a| i64::from(*a) == p));
     (spec, fits)
 }
 
-/// The field manager that last set the component's `canaryTrafficPercent` (`managedFields`).
-fn field_owner(obj: &kube::api::DynamicObject, component: &str) -> Option<String> {
+/// The field manager that last set the canary's traffic (`managedFields`; Standard mode's
+/// `spec.canary` list is owned whole).
+fn field_owner(
+    obj: &kube::api::DynamicObject,
+    mode: isvc::Mode,
+    component: &str,
+) -> Option<String> {
     obj.metadata.managed_fields.as_ref()?.iter().find_map(|e| {
         let set = &e.fields_v1.as_ref()?.0;
-        set.get("f:spec")?
-            .get(format!("f:{component}"))?
-            .get("f:canaryTrafficPercent")?;
+        let spec = set.get("f:spec")?;
+        match mode {
+            isvc::Mode::Knative => spec
+                .get(format!("f:{component}"))?
+                .get("f:canaryTrafficPercent")?,
+            isvc::Mode::Standard => spec.get("f:canary")?,
+        };
         e.manager.clone()
     })
 }
@@ -808,6 +885,7 @@ async fn measure(
     key: &str,
     keys: &[rollout_engine::QueryKey],
     revisions: &(String, String),
+    mode: isvc::Mode,
     now: crate::Millis,
 ) -> Observations {
     let mut observations = Observations::default();
@@ -823,7 +901,8 @@ async fn measure(
                 // Shared with other rollouts when the controller shares queries and the query
                 // keeps revisions apart; otherwise this rollout's own query.
                 let shared = ctx.fanout.as_ref().and_then(|f| {
-                    let rendered = metrics::render(policy, k, share::SENTINEL, share::SENTINEL)?;
+                    let rendered =
+                        metrics::render(policy, k, mode, share::SENTINEL, share::SENTINEL)?;
                     let plan = f.plan(&rendered).ok()?;
                     let revision = if k.arm == rollout_policy::model::Arm::Canary {
                         canary.clone()
@@ -839,7 +918,7 @@ async fn measure(
                 });
                 let q = shared
                     .is_none()
-                    .then(|| metrics::render(policy, k, canary, stable))
+                    .then(|| metrics::render(policy, k, mode, canary, stable))
                     .flatten();
                 async move {
                     if let Some((fanout, plan, revision, max_age)) = shared {

@@ -74,7 +74,9 @@ pub async fn replay(mut cfg: ReplayConfig) -> Result<ReplayResult, String> {
         };
         let mut observations = Observations::default();
         for key in machine.queries(&state, t) {
-            let Some(q) = metrics::render(&policy, &key, &cfg.canary, &cfg.stable) else {
+            let Some(q) =
+                metrics::render(&policy, &key, Default::default(), &cfg.canary, &cfg.stable)
+            else {
                 observations.push(key, Sample::NoData);
                 continue;
             };

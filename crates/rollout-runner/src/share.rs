@@ -498,6 +498,7 @@ mod tests {
                 let _ = MetricKind::Query(t.clone());
                 let s = shared(|r| {
                     t.render(&rollout_policy::template::Vars {
+                        mode: Default::default(),
                         revision: r,
                         namespace: "ns",
                         name: "iris",

@@ -310,6 +310,7 @@ async fn the_shipped_crd_and_run_rbac_apply_with_kubectl() {
             &["get", "create", "update"][..],
         ),
         ("events.k8s.io", "events", &["create"][..]),
+        ("gateway.networking.k8s.io", "httproutes", &["get"][..]),
     ] {
         for v in verbs {
             assert!(

@@ -10,4 +10,5 @@ mod rollouts;
 mod safety;
 mod sharing;
 mod stacks;
+mod standard;
 mod world;

@@ -83,7 +83,8 @@ fn allows(rules: &Value, (group, resource, verb): &(String, String, String)) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_apply_k_deploy_and_the_clusterrole_allows_every_call_the_controller_makes() {
-    let w = world(40.0).await;
+    // Istio's metrics name the arms in both deployment modes.
+    let w = world_on(40.0, rollout_sandbox::exporter::Stack::Istio).await;
     let crd = w.dir.path().join("servicemonitor-crd.json");
     std::fs::write(&crd, servicemonitor_crd().to_string()).expect("write");
     kubectl(&w, &["apply", "-f", &crd.display().to_string()]);
@@ -157,28 +158,42 @@ async fn kubectl_apply_k_deploy_and_the_clusterrole_allows_every_call_the_contro
         "the Role and the ClusterRole grant the same"
     );
 
-    // A rollout driven by the controller, every call it makes recorded.
+    // Rollouts driven by the controller, every call it makes recorded: one in Knative mode,
+    // one in Standard mode (whose preflight reads the HTTPRoute).
     w.canary(json!({})).await;
-    let p = w.dir.path().join("sklearn-iris.rollout");
-    std::fs::write(&p, policy("", STEPS, "", ON)).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
-        .arg("apply")
-        .arg(&p)
-        .arg("--kubeconfig")
-        .arg(&w.sandbox.kubeconfig)
-        .output()
-        .expect("rolloutctl apply");
-    assert!(out.status.success(), "{}", text(&out));
+    crate::standard::gateway_api(&w, true).await;
+    crate::standard::deploy(&w, "iris-standard", json!({})).await;
+    let istio = policy("", STEPS, "", ON).replace("  use knative\n", "  use istio\n");
+    for (name, text_) in [
+        ("sklearn-iris", istio.clone()),
+        (
+            "iris-standard",
+            istio.replace(r#"name = "sklearn-iris""#, r#"name = "iris-standard""#),
+        ),
+    ] {
+        let p = w.dir.path().join(format!("{name}.rollout"));
+        std::fs::write(&p, text_).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+            .arg("apply")
+            .arg(&p)
+            .arg("--kubeconfig")
+            .arg(&w.sandbox.kubeconfig)
+            .output()
+            .expect("rolloutctl apply");
+        assert!(out.status.success(), "{}", text(&out));
+    }
     let since = Instant::now();
     let mut c = w.controller("ctl", &[]);
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let phase = w.rollout().await.status.and_then(|s| s.phase);
-        if phase.as_deref() == Some("promoted") {
-            break;
+    for name in ["sklearn-iris", "iris-standard"] {
+        loop {
+            let phase = w.rollout_of(name).await.status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("promoted") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} not promoted: {phase:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(Instant::now() < deadline, "not promoted: {phase:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     c.signal("TERM");
     assert_eq!(c.exit(20).await, 143, "{}", c.stderr());
@@ -195,6 +210,7 @@ async fn kubectl_apply_k_deploy_and_the_clusterrole_allows_every_call_the_contro
         ("serving.kserve.io", "inferenceservices", "patch"),
         ("coordination.k8s.io", "leases", "update"),
         ("events.k8s.io", "events", "create"),
+        ("gateway.networking.k8s.io", "httproutes", "get"),
     ] {
         let must = (must.0.to_string(), must.1.to_string(), must.2.to_string());
         assert!(calls.contains(&must), "recorded {must:?}: {calls:?}");

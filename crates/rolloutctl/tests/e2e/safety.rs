@@ -77,7 +77,8 @@ async fn injected_409s_and_500s_are_retried_or_re_decided() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_targets_change_nothing_and_an_unready_canary_is_never_judged() {
     let w = world(60.0).await;
-    // Standard mode: refused with a clear error, exit 5, nothing written.
+    // Standard mode without a `spec.canary[]` entry: nothing to roll out, exit 5, nothing
+    // written.
     w.apply(isvc_obj(
         "gs://m/1",
         None,
@@ -89,7 +90,7 @@ async fn refused_targets_change_nothing_and_an_unready_canary_is_never_judged() 
     let mut r = w.run(&p, &[], &[]);
     assert_eq!(r.exit(30).await, 5);
     assert!(
-        r.stderr().contains("Standard mode") && r.stderr().contains("Knative"),
+        r.stderr().contains("no canary") && r.stderr().contains("a `spec.canary[]` entry"),
         "{}",
         r.stderr()
     );

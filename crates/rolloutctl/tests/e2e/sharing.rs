@@ -43,6 +43,7 @@ async fn one_shared_query_answers_every_revision_as_its_own_query_would() {
         let t = Template::parse(def).expect("template");
         let render = |r: &str| {
             t.render(&Vars {
+                mode: Default::default(),
                 revision: r,
                 namespace: "kserve-test",
                 name: "ignored",
@@ -114,6 +115,7 @@ async fn one_shared_query_answers_every_revision_as_its_own_query_would() {
     let fanout = Fanout::new(Duration::from_secs(60));
     let plan = fanout
         .plan(&t.render(&Vars {
+            mode: Default::default(),
             revision: share::SENTINEL,
             namespace: "kserve-test",
             name: "x",

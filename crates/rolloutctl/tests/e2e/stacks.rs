@@ -12,7 +12,7 @@ use crate::world::*;
 
 /// The e2e policy on `preset`, with a latency rule (seconds on Knative ≥ 1.19, ms elsewhere:
 /// the threshold is a duration either way).
-fn policy_on(preset: &str) -> String {
+pub fn policy_on(preset: &str) -> String {
     policy(
         "  rule Slow {\n    when canary.latency_p95 > 2 * stable.latency_p95 and canary.latency_p95 > 500ms\n    require canary.requests >= 5\n    for 2s\n    action rollback\n  }\n",
         STEPS,
