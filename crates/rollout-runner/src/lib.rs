@@ -17,11 +17,13 @@ pub mod intents;
 pub mod isvc;
 pub mod lease;
 pub mod lifecycle;
+pub mod measure;
 pub mod metrics;
 pub mod operate;
 pub mod policy;
 pub mod preflight;
 pub mod reconcile;
+pub mod record;
 pub mod replay;
 pub mod run;
 pub mod secret;
@@ -30,6 +32,7 @@ pub mod signals;
 pub mod standard;
 pub mod status;
 pub mod telemetry;
+pub mod traffic;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -7,30 +7,29 @@
 //! 1. decide on the state read from the status (or this context's newer copy of it);
 //! 2. write the status, guarded by the ModelRollout's resourceVersion: a 409 means another
 //!    writer, and the decision is dropped before anything else happened;
-//! 3. only then set `canaryTrafficPercent`, guarded by the InferenceService's resourceVersion
-//!    (a lost write is re-issued by the engine, which waits for the traffic it asked for);
-//! 4. record Events.
+//! 3. only then write the traffic (`canaryTrafficPercent`, or Standard mode's `spec.canary`
+//!    entry: [`crate::traffic`], [`crate::standard`]), guarded by the InferenceService's
+//!    resourceVersion (a lost write is re-issued by the engine, which waits for the traffic it
+//!    asked for);
+//! 4. record Events ([`crate::record`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use kube::ResourceExt as _;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource as _, ResourceExt as _};
 use rollout_api::{ModelRollout, ModelRolloutStatus};
-use rollout_engine::{
-    Command, Input, Machine, Observations, Operator, Outcome, Phase, Sample, State,
-};
+use rollout_engine::{Command, Input, Machine, Operator, Outcome, Phase, State};
 
+use crate::context::Memo;
 pub use crate::context::{Context, End, Sink, error_policy};
-use crate::context::{Memo, truncate_bytes};
 use crate::error::Error;
 use crate::isvc::{self, Isvc};
 use crate::policy::{self, Edit};
+use crate::record::{invalid_state, stop_with, write_status};
 use crate::status::{self, CHECKPOINT_MS, View, set_condition};
-use crate::{intents, lifecycle, now_ms, preflight, standard};
-use crate::{metrics, share};
+use crate::{intents, lifecycle, measure, now_ms, preflight, record, standard, traffic};
 
 /// Reconciles one ModelRollout.
 pub async fn reconcile(mr: Arc<ModelRollout>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -83,104 +82,6 @@ pub async fn reconcile_once(mr: &ModelRollout, ctx: &Context) -> Result<Option<D
         Err(_) => {}
     }
     result
-}
-
-/// Writes the status (guarded), unless this is a dry run.
-async fn write_status(
-    ctx: &Context,
-    mr: &ModelRollout,
-    key: &str,
-    status: &ModelRolloutStatus,
-) -> Result<(), Error> {
-    if ctx.dry_run {
-        ctx.with_memo(key, |m| {
-            if let Some(m) = m {
-                m.dry = Some(status.clone());
-            }
-        });
-        return Ok(());
-    }
-    ctx.may_write()?;
-    let api: Api<ModelRollout> =
-        Api::namespaced(ctx.client.clone(), &mr.namespace().unwrap_or_default());
-    let mut next = mr.clone();
-    let mut status = status.clone();
-    status.lease_term = ctx.term();
-    next.status = Some(status);
-    match api
-        .replace_status(&mr.name_any(), &PostParams::default(), &next)
-        .await
-    {
-        Ok(written) => {
-            ctx.wrote_rollout(key, written.resource_version());
-            Ok(())
-        }
-        Err(e) if isvc::conflict(&e) => {
-            ctx.distrust(key);
-            Err(Error::Conflict(format!("ModelRollout {key}")))
-        }
-        Err(e) if isvc::not_found(&e) => Err(Error::RolloutGone {
-            rollout: key.to_string(),
-        }),
-        Err(e) => Err(Error::kube(
-            format!("writing the status of ModelRollout {key}"),
-            e,
-        )),
-    }
-}
-
-/// Records a condition-only change (no engine step), then returns `err`.
-async fn stop_with(
-    ctx: &Context,
-    mr: &ModelRollout,
-    key: &str,
-    mut status: ModelRolloutStatus,
-    original: &ModelRolloutStatus,
-    cond: (&str, &str, &str),
-    err: Error,
-) -> Result<Option<Duration>, Error> {
-    set_condition(
-        &mut status.conditions,
-        cond.0,
-        "False",
-        cond.1,
-        cond.2,
-        now_ms(),
-        mr.metadata.generation,
-    );
-    if status != *original {
-        write_status(ctx, mr, key, &status).await?;
-    }
-    Err(err)
-}
-
-/// Stops on a stored state that cannot be driven, saying how to recover.
-async fn invalid_state(
-    ctx: &Context,
-    mr: &ModelRollout,
-    key: &str,
-    status: ModelRolloutStatus,
-    original: &ModelRolloutStatus,
-    detail: String,
-) -> Result<Option<Duration>, Error> {
-    let msg = format!(
-        "the stored state is invalid: {detail}; nothing is decided and traffic is left where it is; `rolloutctl retry {}` starts the rollout over",
-        mr.name_any()
-    );
-    let err = Error::InvalidState {
-        rollout: key.to_string(),
-        detail,
-    };
-    stop_with(
-        ctx,
-        mr,
-        key,
-        status,
-        original,
-        ("Progressing", "InvalidState", &msg),
-        err,
-    )
-    .await
 }
 
 async fn reconcile_one(
@@ -306,7 +207,7 @@ async fn reconcile_one(
     };
     let component = policy.target.component.as_str();
     let mode = isvc::mode(&obj);
-    if let Some(msg) = standard_refusal(&obj, mode, component, key) {
+    if let Some(msg) = traffic::standard_refusal(&obj, mode, component, key) {
         return stop_with(
             ctx,
             mr,
@@ -480,54 +381,19 @@ async fn reconcile_one(
     // Traffic someone else set (kubectl, a GitOps sync): never leave the canary at more (or
     // other) traffic than this step allows; restore it at once and say who changed it.
     if !ctx.dry_run
-        && let Some((expected, accepted)) = expected_traffic(&state, mode)
+        && let Some(delay) = traffic::restore(
+            ctx,
+            key,
+            &target,
+            &mut obj,
+            cached,
+            (mode, component),
+            &state,
+            &mut pending_events,
+        )
+        .await?
     {
-        let mut traffic = traffic_set(&obj, mode, component, &accepted);
-        // The watch's copy has no managedFields and may lag this driver's own last write:
-        // what does not fit is confirmed on the API server's copy before it is acted on.
-        if !traffic.1 && cached {
-            obj = match target.get().await {
-                Ok(o) => Arc::new(o),
-                Err(e) => return Err(Error::kube(format!("reading InferenceService {key}"), e)),
-            };
-            traffic = traffic_set(&obj, mode, component, &accepted);
-        }
-        let (spec, fits) = traffic;
-        let by = field_owner(&obj, mode, component);
-        let field = traffic_field(mode, component);
-        // A Standard-mode canary entry that is gone cannot be given traffic back: the engine
-        // sees the stable serving everything and pauses on the changed revision.
-        let restorable = mode == isvc::Mode::Knative || spec.is_some();
-        if !fits && restorable && by.as_deref() != Some(isvc::FIELD_MANAGER) {
-            ctx.may_write()?;
-            let rv = obj.metadata.resource_version.clone().unwrap_or_default();
-            let who = by.unwrap_or_else(|| "an unknown writer".into());
-            let was = spec.map_or_else(|| "removed".to_string(), |p| format!("set to {p}%"));
-            match target
-                .write(mode, component, &rv, isvc::Traffic::Set(expected))
-                .await
-            {
-                Ok(_) => {
-                    ctx.wrote(key);
-                    tracing::warn!(rollout = %key, %who, "{field} was {was} out of band; restored to {expected}%");
-                    pending_events.push(Command::Event {
-                        warning: true,
-                        reason: "OutOfBandTraffic".into(),
-                        message: format!(
-                            "{field} was {was} by {who}, not by rolloutctl; restored to {expected}% (step {} of the rollout); if a GitOps tool owns the InferenceService, let it ignore this field",
-                            state.step + 1
-                        ),
-                    });
-                }
-                Err(e) if isvc::conflict(&e) => return Ok(Some(ctx.conflicted(key))),
-                Err(e) => {
-                    return Err(Error::kube(
-                        format!("restoring {field} of InferenceService {key}"),
-                        e,
-                    ));
-                }
-            }
-        }
+        return Ok(Some(delay));
     }
 
     let cluster = match mode {
@@ -602,7 +468,7 @@ async fn reconcile_one(
     let observations = match ctx.reuse(key, &keys, &revisions, now, interval) {
         Some(obs) => obs,
         None => {
-            let obs = measure(ctx, policy, key, &keys, &revisions, mode, now).await;
+            let obs = measure::measure(ctx, policy, key, &keys, &revisions, mode, now).await;
             if !keys.is_empty() {
                 ctx.remember(key, keys.clone(), revisions.clone(), now, obs.clone());
             }
@@ -705,7 +571,7 @@ async fn reconcile_one(
     // Traffic, the one write to the InferenceService.
     let mut soon = None;
     if let Some(t) = traffic {
-        let field = traffic_field(mode, component);
+        let field = traffic::field(mode, component);
         let p = t.percent();
         if ctx.dry_run {
             tracing::info!(rollout = %key, traffic = p, "dry run: would set {field}");
@@ -737,30 +603,7 @@ async fn reconcile_one(
 
     // Events.
     if !ctx.dry_run {
-        let reference = mr.object_ref(&());
-        for c in pending_events.iter().chain(out.commands.iter()) {
-            if let Command::Event {
-                warning,
-                reason,
-                message,
-            } = c
-            {
-                let ev = Event {
-                    type_: if *warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: reason.clone(),
-                    note: Some(truncate_bytes(message, 1024)),
-                    action: "Rollout".into(),
-                    secondary: None,
-                };
-                if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-                    tracing::warn!(error = %e, "could not record an event");
-                }
-            }
-        }
+        record::events(ctx, mr, pending_events.iter().chain(out.commands.iter())).await;
     }
 
     if state.phase.is_terminal() {
@@ -790,176 +633,4 @@ fn state_is_new(events: &mut Vec<Command>, event: Option<(String, String)>) {
             message,
         });
     }
-}
-
-/// Why a Standard-mode InferenceService cannot be driven, if it cannot.
-fn standard_refusal(
-    obj: &kube::api::DynamicObject,
-    mode: isvc::Mode,
-    component: &str,
-    key: &str,
-) -> Option<String> {
-    if mode != isvc::Mode::Standard {
-        return None;
-    }
-    if component != "predictor" {
-        return Some(format!(
-            "InferenceService {key} is in Standard mode, where KServe's canaries (spec.canary[]) are predictors only; the policy targets the {component}"
-        ));
-    }
-    let n = standard::canary_count(obj);
-    (n > 1).then(|| {
-        format!(
-            "InferenceService {key} has {n} spec.canary[] entries; rolloutctl judges one canary against the stable predictor at a time (remove all but one)"
-        )
-    })
-}
-
-/// The field a traffic write sets, for messages.
-fn traffic_field(mode: isvc::Mode, component: &str) -> String {
-    match mode {
-        isvc::Mode::Knative => format!("spec.{component}.canaryTrafficPercent"),
-        isvc::Mode::Standard => "spec.canary[0].trafficPercent".into(),
-    }
-}
-
-/// The traffic to restore if someone else changed it, and the values the state accounts for
-/// (a requested change may not have been written yet); none while the rollout is starting or
-/// over, nor in Standard mode while it promotes or rolls back (those writes remove the entry,
-/// and the engine repeats them itself).
-fn expected_traffic(state: &State, mode: isvc::Mode) -> Option<(u8, Vec<u8>)> {
-    let was = state.traffic;
-    match &state.phase {
-        Phase::Holding { .. } | Phase::AwaitingApproval { .. } | Phase::Paused { .. } => {
-            Some((was, vec![was]))
-        }
-        Phase::ShiftingTraffic { target, .. } => Some((*target, vec![was, *target])),
-        Phase::Promoting { .. } if mode == isvc::Mode::Knative => Some((100, vec![was, 100])),
-        Phase::RollingBack { .. } if mode == isvc::Mode::Knative => Some((0, vec![was, 0])),
-        _ => None,
-    }
-}
-
-/// The canary's traffic in the spec and whether it is one the step accepts.
-fn traffic_set(
-    obj: &kube::api::DynamicObject,
-    mode: isvc::Mode,
-    component: &str,
-    accepted: &[u8],
-) -> (Option<i64>, bool) {
-    let spec = match mode {
-        isvc::Mode::Knative => obj
-            .data
-            .pointer(&format!("/spec/{component}/canaryTrafficPercent"))
-            .and_then(serde_json::Value::as_i64),
-        isvc::Mode::Standard => standard::spec_percent(obj),
-    };
-    let fits = spec.is_some_and(|p| accepted.iter().any(|a| i64::from(*a) == p));
-    (spec, fits)
-}
-
-/// The field manager that last set the canary's traffic (`managedFields`; Standard mode's
-/// `spec.canary` list is owned whole).
-fn field_owner(
-    obj: &kube::api::DynamicObject,
-    mode: isvc::Mode,
-    component: &str,
-) -> Option<String> {
-    obj.metadata.managed_fields.as_ref()?.iter().find_map(|e| {
-        let set = &e.fields_v1.as_ref()?.0;
-        let spec = set.get("f:spec")?;
-        match mode {
-            isvc::Mode::Knative => spec
-                .get(format!("f:{component}"))?
-                .get("f:canaryTrafficPercent")?,
-            isvc::Mode::Standard => spec.get("f:canary")?,
-        };
-        e.manager.clone()
-    })
-}
-
-/// One instant query per key, in parallel.
-async fn measure(
-    ctx: &Context,
-    policy: &rollout_policy::Policy,
-    key: &str,
-    keys: &[rollout_engine::QueryKey],
-    revisions: &(String, String),
-    mode: isvc::Mode,
-    now: crate::Millis,
-) -> Observations {
-    let mut observations = Observations::default();
-    if keys.is_empty() {
-        return observations;
-    }
-    let (canary, stable) = revisions;
-    match ctx.prom(policy) {
-        Ok(prom) => {
-            let queries = keys.iter().map(|k| {
-                let prom = prom.clone();
-                let telemetry = ctx.telemetry.clone();
-                // Shared with other rollouts when the controller shares queries and the query
-                // keeps revisions apart; otherwise this rollout's own query.
-                let shared = ctx.fanout.as_ref().and_then(|f| {
-                    let rendered =
-                        metrics::render(policy, k, mode, share::SENTINEL, share::SENTINEL)?;
-                    let plan = f.plan(&rendered).ok()?;
-                    let revision = if k.arm == rollout_policy::model::Arm::Canary {
-                        canary.clone()
-                    } else {
-                        stable.clone()
-                    };
-                    Some((
-                        f.clone(),
-                        plan,
-                        revision,
-                        f.max_age(policy.evaluation.interval),
-                    ))
-                });
-                let q = shared
-                    .is_none()
-                    .then(|| metrics::render(policy, k, mode, canary, stable))
-                    .flatten();
-                async move {
-                    if let Some((fanout, plan, revision, max_age)) = shared {
-                        return fanout
-                            .sample(&prom, &plan, &revision, now, max_age, telemetry.as_ref())
-                            .await;
-                    }
-                    match q {
-                        Some(q) => {
-                            let started = std::time::Instant::now();
-                            let s = prom.query(&q, now).await;
-                            if let Some(t) = telemetry {
-                                t.query(
-                                    started.elapsed().as_secs_f64(),
-                                    matches!(s, Sample::Error { .. }),
-                                );
-                            }
-                            s
-                        }
-                        None => Sample::NoData,
-                    }
-                }
-            });
-            let samples = futures_util::future::join_all(queries).await;
-            for (k, s) in keys.iter().zip(samples) {
-                if let Sample::Error { message } = &s {
-                    tracing::warn!(rollout = %key, %message, "query failed");
-                }
-                observations.push(*k, s);
-            }
-        }
-        Err(message) => {
-            for k in keys {
-                observations.push(
-                    *k,
-                    Sample::Error {
-                        message: message.clone(),
-                    },
-                );
-            }
-        }
-    }
-    observations
 }
