@@ -80,21 +80,7 @@ mod tests {
     use super::*;
 
     fn state(phase: Phase) -> State {
-        State {
-            version: rollout_engine::STATE_VERSION,
-            phase,
-            step: 2,
-            started_at: Some(1),
-            canary_revision: Some("r2".into()),
-            stable_revision: Some("r1".into()),
-            traffic: 25,
-            rules: Vec::new(),
-            failing_since: [None; 4],
-            passes: 0,
-            last_eval: None,
-            unready_since: None,
-            evaluations: 0,
-        }
+        crate::testing::state(phase, 2, ("r2", "r1"), 25)
     }
 
     #[test]

@@ -356,7 +356,11 @@ pub fn has_component(obj: &DynamicObject, component: &str) -> bool {
 
 /// The component's model (`model.storageUri`, a framework's `storageUri`, or its own).
 pub fn storage_uri(obj: &DynamicObject, component: &str) -> Option<String> {
-    let c = obj.data.pointer(&format!("/spec/{component}"))?;
+    model_location(obj.data.pointer(&format!("/spec/{component}"))?)
+}
+
+/// A component spec's model: `model.storageUri`, a framework's `storageUri`, or its own.
+pub fn model_location(c: &Value) -> Option<String> {
     if let Some(u) = c.pointer("/model/storageUri").and_then(Value::as_str) {
         return Some(u.to_string());
     }

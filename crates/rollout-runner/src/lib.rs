@@ -92,3 +92,29 @@ pub async fn client_as(
     }
     Client::try_from(config).map_err(|e| e.to_string())
 }
+
+/// What the unit tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rollout_engine::{Phase, STATE_VERSION, State};
+
+    /// A state at `phase` and step index `step`, rolling `canary` out against `stable` at
+    /// `traffic`%.
+    pub fn state(phase: Phase, step: usize, (canary, stable): (&str, &str), traffic: u8) -> State {
+        State {
+            version: STATE_VERSION,
+            phase,
+            step,
+            started_at: Some(1),
+            canary_revision: Some(canary.into()),
+            stable_revision: Some(stable.into()),
+            traffic,
+            rules: Vec::new(),
+            failing_since: [None; 4],
+            passes: 0,
+            last_eval: None,
+            unready_since: None,
+            evaluations: 0,
+        }
+    }
+}

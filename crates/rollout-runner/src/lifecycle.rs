@@ -212,26 +212,12 @@ fn begin(
 #[cfg(test)]
 mod tests {
     use rollout_api::{HistoryEntry, RetryIntent};
-    use rollout_engine::{Phase, Reason, STATE_VERSION};
+    use rollout_engine::{Phase, Reason};
 
     use super::*;
 
     fn state(canary: &str, phase: Phase) -> State {
-        State {
-            version: STATE_VERSION,
-            phase,
-            step: 1,
-            started_at: Some(1),
-            canary_revision: Some(canary.into()),
-            stable_revision: Some("r1".into()),
-            traffic: 10,
-            rules: Vec::new(),
-            failing_since: [None; 4],
-            passes: 0,
-            last_eval: None,
-            unready_since: None,
-            evaluations: 0,
-        }
+        crate::testing::state(phase, 1, (canary, "r1"), 10)
     }
 
     fn facts<'a>(spec: &'a ModelRolloutSpec, state: Option<State>, created: &'a str) -> Facts<'a> {

@@ -83,20 +83,11 @@ pub fn revisions(obj: &kube::api::DynamicObject) -> (String, String) {
 /// The model the candidate runs: the canary's (over the stable's, as KServe merges them), else
 /// the stable's.
 pub fn model_uri(obj: &kube::api::DynamicObject) -> Option<String> {
-    let uri = |p: &Value| -> Option<String> {
-        if let Some(u) = p.pointer("/model/storageUri").and_then(Value::as_str) {
-            return Some(u.to_string());
-        }
-        p.as_object()?.values().find_map(|v| {
-            v.get("storageUri")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-    };
+    use crate::isvc::model_location;
     entries(obj)
         .first()
-        .and_then(|e| uri(&e["predictor"]))
-        .or_else(|| obj.data.pointer("/spec/predictor").and_then(uri))
+        .and_then(|e| model_location(&e["predictor"]))
+        .or_else(|| obj.data.pointer("/spec/predictor").and_then(model_location))
 }
 
 fn ready(obj: &kube::api::DynamicObject) -> bool {
@@ -342,21 +333,7 @@ mod tests {
     }
 
     fn state(phase: Phase) -> State {
-        State {
-            version: rollout_engine::STATE_VERSION,
-            phase,
-            step: 0,
-            started_at: None,
-            canary_revision: Some("iris-v2-predictor".into()),
-            stable_revision: Some("iris-predictor".into()),
-            traffic: 10,
-            rules: Vec::new(),
-            failing_since: [None; 4],
-            passes: 0,
-            last_eval: None,
-            unready_since: None,
-            evaluations: 0,
-        }
+        crate::testing::state(phase, 0, ("iris-v2-predictor", "iris-predictor"), 10)
     }
 
     #[test]

@@ -93,17 +93,8 @@ async fn refused(stack: Stack, preset: &str, want: &str) {
     let p = w.policy_file(&policy_on(preset));
     // rolloutctl doctor says the same, and changes nothing.
     let writes = w.isvc_writes();
-    let doctor = std::process::Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
-        .arg("doctor")
-        .arg(&p)
-        .arg("--kubeconfig")
-        .arg(&w.sandbox.kubeconfig)
-        .arg("--prometheus-url")
-        .arg(&w.prom)
-        .output()
-        .expect("rolloutctl doctor");
-    let out = String::from_utf8_lossy(&doctor.stdout).into_owned();
-    assert_eq!(doctor.status.code(), Some(1), "{out}");
+    let (code, out) = w.doctor(&p);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(&format!("`use {want}`")) && out.contains("error"),
         "{out}"

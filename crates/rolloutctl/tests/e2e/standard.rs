@@ -101,23 +101,6 @@ async fn pod_uids(w: &World, d: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `rolloutctl doctor` on `policy` against this sandbox: its exit code and report.
-fn doctor(w: &World, policy: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
-        .arg("doctor")
-        .arg(policy)
-        .arg("--kubeconfig")
-        .arg(&w.sandbox.kubeconfig)
-        .arg("--prometheus-url")
-        .arg(&w.prom)
-        .output()
-        .expect("rolloutctl doctor");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// The canary entry's traffic as each decision left it.
 fn canary_traffic(r: &Runner) -> Vec<i64> {
     let mut out: Vec<i64> = Vec::new();
@@ -138,7 +121,7 @@ async fn standard_mode_promotes_a_healthy_canary_keeping_its_pods_and_rolls_back
     let canary_pods = pod_uids(&w, "sklearn-iris-v2-predictor").await;
     assert!(!canary_pods.is_empty(), "the canary runs pods");
     let p = w.policy_file(&policy_on("istio"));
-    let (code, out) = doctor(&w, &p);
+    let (code, out) = w.doctor(&p);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("Standard mode, stable Deployment sklearn-iris-predictor, canary Deployment sklearn-iris-v2-predictor at 10%")
@@ -200,7 +183,7 @@ async fn without_the_gateway_api_a_standard_canary_is_refused_before_anything_is
     deploy(&w, ISVC, json!({})).await;
     let p = w.policy_file(&policy_on("istio"));
     let writes = w.isvc_writes();
-    let (code, out) = doctor(&w, &p);
+    let (code, out) = w.doctor(&p);
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("ingress.enableGatewayApi is false")

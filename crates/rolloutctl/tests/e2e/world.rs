@@ -245,6 +245,24 @@ impl World {
         Runner::spawn(cmd)
     }
 
+    /// `rolloutctl doctor` on `policy` against this sandbox and its Prometheus: its exit code
+    /// and report.
+    pub fn doctor(&self, policy: &Path) -> (Option<i32>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
+            .arg("doctor")
+            .arg(policy)
+            .arg("--kubeconfig")
+            .arg(&self.sandbox.kubeconfig)
+            .arg("--prometheus-url")
+            .arg(&self.prom)
+            .output()
+            .expect("rolloutctl doctor");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     pub fn rolloutctl(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_rolloutctl"))
             .args(args)
