@@ -125,7 +125,7 @@ registry! {
     MetricCycle = "R1051", Error, "derived metric refers to itself",
         "derived metrics must be built from other metrics without cycles";
     UnknownPreset = "R1052", Error, "unknown metric preset",
-        "available presets: `knative` (queue-proxy classic metrics) and `istio`";
+        "available presets: `knative` (Knative >= 1.21, what KServe 0.17-0.20 install), `knative_otlp`, `knative_1_19`, `knative_1_18` (KServe <= 0.16) and `istio`; docs/metrics.md says which one a cluster needs";
     MissingArm = "R1053", Error, "metric without canary/stable arm",
         "in rules, say which revision you mean: `canary.<metric>` or `stable.<metric>`";
     InvalidConfidence = "R1054", Error, "confidence out of range",

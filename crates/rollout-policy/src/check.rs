@@ -715,12 +715,12 @@ impl<'a> Checker<'a> {
                 continue;
             }
             let Some(defs) = presets::parsed(name) else {
+                let all = presets::PRESETS.join(", ");
                 let help = match did_you_mean(name, &presets::PRESETS) {
-                    Some(s) => format!("did you mean `{s}`? available presets: knative, istio"),
-                    None => {
-                        "available presets: `knative` (queue-proxy classic metrics) and `istio`"
-                            .to_string()
-                    }
+                    Some(s) => format!("did you mean `{s}`? available presets: {all}"),
+                    None => format!(
+                        "available presets: {all} (docs/metrics.md says which one a cluster needs)"
+                    ),
                 };
                 self.err(
                     Diagnostic::new(
