@@ -121,7 +121,7 @@ registry! {
     InvalidUrl = "R1041", Error, "invalid Prometheus URL",
         "write an absolute http:// or https:// URL without user name or password, e.g. \"http://prometheus.monitoring:9090\"";
     InvalidStatistical = "R1050", Error, "statistical rule of an unsupported form",
-        "a `with confidence` rule compares a ratio of two counted metrics: `when canary.error_rate > 1.5 * stable.error_rate with confidence 95%`";
+        "a `with confidence` rule compares a ratio of two counted metrics: `when canary.error_rate > 1.5 * stable.error_rate with confidence 95%`, and `detect` names a larger regression: `... with confidence 95% detect 2x`";
     MetricCycle = "R1051", Error, "derived metric refers to itself",
         "derived metrics must be built from other metrics without cycles";
     UnknownPreset = "R1052", Error, "unknown metric preset",

@@ -26,6 +26,7 @@ pub mod plan;
 pub mod policytest;
 mod rng;
 pub mod scenario;
+pub mod sequential;
 pub mod sim;
 pub mod stats;
 pub mod yaml;

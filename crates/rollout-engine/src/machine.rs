@@ -9,7 +9,7 @@ use rollout_policy::model::{
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{Comparison, Ctx, Missing, Observations, QueryKey, base_queries, expand};
-use crate::{Millis, stats};
+use crate::{Millis, sequential, stats};
 
 /// Version of the serialised [`State`]. Bump on any incompatible change.
 pub const STATE_VERSION: u32 = 1;
@@ -135,6 +135,12 @@ pub enum Reason {
         /// What changed.
         detail: String,
     },
+    /// A hold reached its `max` before `detect` rules could exclude their regression: not
+    /// evidence against the canary, so a person decides.
+    Undecided {
+        /// The rules.
+        rules: String,
+    },
 }
 
 impl Reason {
@@ -155,6 +161,9 @@ impl Reason {
             Reason::Preflight { detail } => format!("cannot start: {detail}"),
             Reason::Unconfirmed { detail } => format!("not confirmed by the cluster: {detail}"),
             Reason::PolicyChanged { detail } => format!("the policy changed: {detail}"),
+            Reason::Undecided { rules } => format!(
+                "the hold's `max` passed before {rules} measured enough to exclude the `detect` regression (no evidence against the canary either): `rolloutctl resume` holds on, `rolloutctl promote` accepts the step unmeasured, `rolloutctl abort` rolls back"
+            ),
         }
     }
 }
@@ -259,6 +268,9 @@ pub struct RuleState {
     pub looks: u32,
     /// Canary trials at the last statistical look at this step.
     pub last_look_n: u64,
+    /// A `detect` rule's sequential evidence, pooled over the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<sequential::Evidence>,
 }
 
 /// The machine's whole state: plain data, serialisable, versioned. The runner stores it in the
@@ -345,6 +357,13 @@ pub struct TestRecord {
     pub alpha: f64,
     /// Which look (1-based, over the rollout).
     pub look: u32,
+    /// `detect` rules: the anytime-valid p-value of "the canary is at least the `detect`
+    /// regression" (the breach's is `p_value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_p_value: Option<f64>,
+    /// `detect` rules: whether that regression is excluded at the rule's confidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<bool>,
 }
 
 /// How one rule was judged.
@@ -1547,6 +1566,33 @@ impl<'m> Step<'m> {
         };
         let min_ok = elapsed >= ms(h.min);
         let passes_ok = state.passes >= self.policy().evaluation.passes;
+        // `detect` rules: the step advances only once each has excluded its regression.
+        let undecided: Vec<String> = self
+            .policy()
+            .rules
+            .iter()
+            .zip(&state.rules)
+            .filter(|(r, rs)| {
+                r.statistical.as_ref().is_some_and(|s| s.detect.is_some())
+                    && !rs.evidence.as_ref().is_some_and(|e| e.excluded)
+            })
+            .map(|(r, _)| format!("`{}`", r.name))
+            .collect();
+        if min_ok && until_ok && passes_ok && !undecided.is_empty() {
+            let rules = undecided.join(", ");
+            let max = h.until.as_ref().map(|u| u.max);
+            if let Some(max) = max
+                && elapsed >= ms(max)
+            {
+                return self.pause(state, now, Reason::Undecided { rules });
+            }
+            self.action = "wait";
+            self.reason = format!(
+                "holding until {rules} {} excluded the `detect` regression at the rule's confidence",
+                if undecided.len() == 1 { "has" } else { "have" }
+            );
+            return;
+        }
         if min_ok && until_ok && passes_ok {
             self.event(
                 false,
@@ -1620,7 +1666,8 @@ impl<'m> Step<'m> {
                 acted: false,
                 action: e.action,
             };
-            let verdict = self.judge(&ctx, &e, window, &mut state.rules[i], &mut record);
+            let period = Machine::period_start(state).unwrap_or(now);
+            let verdict = self.judge(&ctx, &e, (window, period), &mut state.rules[i], &mut record);
             record.verdict = verdict;
             let rs = &mut state.rules[i];
             match verdict {
@@ -1689,7 +1736,7 @@ impl<'m> Step<'m> {
         &self,
         ctx: &Ctx<'_>,
         e: &Effective<'_>,
-        window: u64,
+        (window, period): (u64, Millis),
         rs: &mut RuleState,
         record: &mut RuleRecord,
     ) -> Verdict {
@@ -1739,6 +1786,9 @@ impl<'m> Step<'m> {
         };
         // Statistical rules: counts of this period.
         let rel = matches!(s.baseline, StatBaseline::Relative { .. });
+        if let Some(d) = s.detect {
+            return sequential_verdict(s, d, (x1, n1, x2, n2), period, rs, record);
+        }
         let vals = if rel {
             vec![x1, n1, x2, n2]
         } else {
@@ -1775,11 +1825,77 @@ impl<'m> Step<'m> {
             p_value: p,
             alpha,
             look: rs.looks,
+            safe_p_value: None,
+            excluded: None,
         });
         if p <= alpha {
             Verdict::Fail
         } else {
             Verdict::Pass
         }
+    }
+}
+/// A statistical rule's four counts as measured: canary events and trials, stable events and
+/// trials.
+type Counts4 = (
+    Result<f64, Missing>,
+    Result<f64, Missing>,
+    Result<f64, Missing>,
+    Result<f64, Missing>,
+);
+
+/// The verdict of a `detect` rule: its sequential evidence, pooled over the rollout, updated
+/// with the counts of this period ([`sequential::Evidence::look`]). A canary without requests
+/// yet, or without a series for them, is no evidence either way: it passes, undecided.
+fn sequential_verdict(
+    s: &rollout_policy::model::Statistical,
+    detect: f64,
+    (x1, n1, x2, n2): Counts4,
+    period: Millis,
+    rs: &mut RuleState,
+    record: &mut RuleRecord,
+) -> Verdict {
+    let (model, rel) = match s.baseline {
+        StatBaseline::Relative { factor } => (
+            sequential::Model::Relative {
+                k: factor,
+                d: detect,
+            },
+            true,
+        ),
+        StatBaseline::Absolute { threshold } => (
+            sequential::Model::Absolute {
+                p0: threshold,
+                d: detect,
+            },
+            false,
+        ),
+    };
+    // The stable's series must be there (preflight saw them); the canary's appear with its
+    // first request.
+    if rel && let Some(m) = [x2, n2].iter().filter_map(|v| v.err()).max() {
+        return Verdict::from_missing(m);
+    }
+    let count = |v: Result<f64, Missing>| v.map_or(0, |x| x.max(0.0).round() as u64);
+    let cumulative = [count(x1), count(n1), count(x2), count(n2)];
+    let alpha = 1.0 - s.confidence;
+    let look = rs
+        .evidence
+        .get_or_insert_with(sequential::Evidence::default)
+        .look(model, period, cumulative, alpha);
+    rs.looks += 1;
+    record.test = Some(TestRecord {
+        canary: (cumulative[0].min(cumulative[1]), cumulative[1]),
+        stable: rel.then_some((cumulative[2].min(cumulative[3]), cumulative[3])),
+        p_value: look.p_breach(),
+        alpha,
+        look: rs.looks,
+        safe_p_value: Some(look.p_safe()),
+        excluded: Some(look.excluded),
+    });
+    if look.breach {
+        Verdict::Fail
+    } else {
+        Verdict::Pass
     }
 }

@@ -1226,6 +1226,7 @@ impl<'a> Checker<'a> {
             K::Number(q) => Some(match q.unit {
                 None => (Expr::Const(q.value), Dim::Scalar),
                 Some(ast::UnitSuffix::Percent) => (Expr::Const(q.value / 100.0), Dim::Ratio),
+                Some(ast::UnitSuffix::Times) => (Expr::Const(q.value), Dim::Scalar),
                 Some(u) => (
                     Expr::Const(q.value * u.millis().unwrap_or(1) as f64 / 1000.0),
                     Dim::Time,
@@ -1642,7 +1643,13 @@ impl<'a> Checker<'a> {
         metrics: &Table,
         eval: &Evaluation,
     ) -> Option<Rule> {
-        let mut when: Option<(&ast::Expr, Option<&ast::Quantity>, Span)> = None;
+        #[allow(clippy::type_complexity)]
+        let mut when: Option<(
+            &ast::Expr,
+            Option<&ast::Quantity>,
+            Option<&ast::Quantity>,
+            Span,
+        )> = None;
         let mut guards = Vec::new();
         let mut persistence = None;
         let mut failures = None;
@@ -1685,8 +1692,9 @@ impl<'a> Checker<'a> {
                 ast::RuleStmt::When {
                     cond,
                     confidence,
+                    detect,
                     span,
-                } => when = Some((cond, confidence.as_ref(), *span)),
+                } => when = Some((cond, confidence.as_ref(), detect.as_ref(), *span)),
                 ast::RuleStmt::Require(e, _) => match self.condition(e, metrics, "`require`") {
                     Some(x) => guards.push(x),
                     None => ok = false,
@@ -1715,7 +1723,7 @@ impl<'a> Checker<'a> {
                 ast::RuleStmt::Action(a, _) => action = Some(Action::from(a.action)),
             }
         }
-        let Some((cond_ast, confidence, _)) = when else {
+        let Some((cond_ast, confidence, detect, _)) = when else {
             let span = d.name.as_ref().map_or(d.span, |n| n.span);
             self.err(Diagnostic::new(
                 Code::MissingCondition,
@@ -1727,7 +1735,7 @@ impl<'a> Checker<'a> {
         };
         let condition = self.condition(cond_ast, metrics, "`when`");
         let statistical = match (confidence, &condition) {
-            (Some(c), Some(cond)) => self.statistical(cond_ast, cond, c, metrics),
+            (Some(c), Some(cond)) => self.statistical(cond_ast, cond, c, detect, metrics),
             _ => None,
         };
         if !ok || condition.is_none() || (confidence.is_some() && statistical.is_none()) {
@@ -1756,6 +1764,7 @@ impl<'a> Checker<'a> {
         e: &ast::Expr,
         cond: &Expr,
         c: &ast::Quantity,
+        detect: Option<&ast::Quantity>,
         metrics: &Table,
     ) -> Option<Statistical> {
         let confidence = match c.unit {
@@ -1846,13 +1855,60 @@ impl<'a> Checker<'a> {
                 ),
             );
         }
+        let detect = match detect {
+            None => None,
+            Some(d) => Some(self.detect(d, baseline)?),
+        };
         Some(Statistical {
             ratio: metric,
             numerator: *num,
             denominator: *den,
             baseline,
             confidence,
+            detect,
         })
+    }
+
+    /// `detect Nx` (relative: a factor above the rule's) or `detect P%` (absolute: a rate above
+    /// the rule's threshold, below 100%).
+    fn detect(&mut self, d: &ast::Quantity, baseline: StatBaseline) -> Option<f64> {
+        let (value, floor, want) = match baseline {
+            StatBaseline::Relative { factor } => (
+                (d.unit == Some(ast::UnitSuffix::Times)).then_some(d.value),
+                factor,
+                format!("a factor above the rule's {factor}, e.g. `detect 2x`"),
+            ),
+            StatBaseline::Absolute { threshold } => (
+                (d.unit == Some(ast::UnitSuffix::Percent)).then_some(d.value / 100.0),
+                threshold,
+                format!(
+                    "a rate above the rule's {}% and below 100%, e.g. `detect {}%`",
+                    threshold * 100.0,
+                    (threshold * 200.0).min(99.0)
+                ),
+            ),
+        };
+        match value {
+            Some(v)
+                if v > floor
+                    && v < 1.0e6
+                    && (v < 1.0 || matches!(baseline, StatBaseline::Relative { .. })) =>
+            {
+                Some(v)
+            }
+            _ => {
+                self.err(Diagnostic::new(
+                    Code::InvalidStatistical,
+                    format!(
+                        "`detect {}` is not a regression this rule can exclude",
+                        d.text()
+                    ),
+                    d.span,
+                    want,
+                ));
+                None
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------

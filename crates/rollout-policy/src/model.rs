@@ -481,6 +481,12 @@ pub struct Statistical {
     pub baseline: StatBaseline,
     /// Confidence, e.g. `0.95`.
     pub confidence: f64,
+    /// `detect`: the smallest regression that matters, as a factor of the stable's ratio
+    /// (relative) or a ratio (absolute). With it the rule is judged by always-valid sequential
+    /// tests pooled over the rollout, and a step advances only once this regression is
+    /// excluded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect: Option<f64>,
 }
 
 /// What the canary's ratio is compared with in a statistical rule.

@@ -86,6 +86,7 @@ fn reason_name(r: &Reason) -> &'static str {
         Reason::Preflight { .. } => "Preflight",
         Reason::Unconfirmed { .. } => "Unconfirmed",
         Reason::PolicyChanged { .. } => "PolicyChanged",
+        Reason::Undecided { .. } => "Undecided",
     }
 }
 
@@ -98,6 +99,9 @@ fn how_to_continue(r: &Reason, name: &str) -> String {
         ),
         Reason::PolicyChanged { .. } => format!(
             "`rolloutctl resume {name}` continues at this step number of the new policy, `rolloutctl retry {name}` starts over at step 1, `rolloutctl abort {name}` rolls back"
+        ),
+        Reason::Undecided { .. } => format!(
+            "nothing shows the canary worse, nor yet that it is not: `rolloutctl resume {name}` holds on for another `max`, `rolloutctl promote {name}` accepts it unmeasured, `rolloutctl abort {name}` rolls back"
         ),
         _ => format!("`rolloutctl resume {name}` continues, `rolloutctl abort {name}` rolls back"),
     }
@@ -122,6 +126,9 @@ pub fn skeleton(state: &State) -> Value {
             if let Some(m) = r.as_object_mut() {
                 m.remove("looks");
                 m.remove("last_look_n");
+                // Sequential evidence grows at every look; it is checkpointed with the rest
+                // (a restart re-adds what arrived since from the counts of the period).
+                m.remove("evidence");
             }
         }
     }

@@ -171,6 +171,8 @@ pub enum UnitSuffix {
     Days,
     /// `%`
     Percent,
+    /// `x`: a factor (`detect 2x`).
+    Times,
 }
 
 impl UnitSuffix {
@@ -183,6 +185,7 @@ impl UnitSuffix {
             UnitSuffix::Hours => "h",
             UnitSuffix::Days => "d",
             UnitSuffix::Percent => "%",
+            UnitSuffix::Times => "x",
         }
     }
 
@@ -195,6 +198,7 @@ impl UnitSuffix {
             "h" => UnitSuffix::Hours,
             "d" => UnitSuffix::Days,
             "%" => UnitSuffix::Percent,
+            "x" => UnitSuffix::Times,
             _ => return None,
         })
     }
@@ -207,7 +211,7 @@ impl UnitSuffix {
             UnitSuffix::Minutes => 60_000,
             UnitSuffix::Hours => 3_600_000,
             UnitSuffix::Days => 86_400_000,
-            UnitSuffix::Percent => return None,
+            UnitSuffix::Percent | UnitSuffix::Times => return None,
         })
     }
 }
@@ -292,6 +296,9 @@ pub enum RuleStmt {
         cond: Expr,
         /// `with confidence 95%`: judge with a statistical test at this confidence.
         confidence: Option<Quantity>,
+        /// `detect 2x`: the smallest regression that matters; a step advances only once the
+        /// test has excluded it.
+        detect: Option<Quantity>,
         /// Where.
         span: Span,
     },

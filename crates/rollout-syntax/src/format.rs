@@ -202,10 +202,19 @@ impl Formatter<'_> {
         for st in &r.stmts {
             let text = match st {
                 RuleStmt::When {
-                    cond, confidence, ..
-                } => match confidence {
-                    Some(c) => format!("when {} with confidence {}", expr(cond), c.text()),
-                    None => format!("when {}", expr(cond)),
+                    cond,
+                    confidence,
+                    detect,
+                    ..
+                } => match (confidence, detect) {
+                    (Some(c), Some(d)) => format!(
+                        "when {} with confidence {} detect {}",
+                        expr(cond),
+                        c.text(),
+                        d.text()
+                    ),
+                    (Some(c), None) => format!("when {} with confidence {}", expr(cond), c.text()),
+                    _ => format!("when {}", expr(cond)),
                 },
                 RuleStmt::For(q, _) => format!("for {}", q.text()),
                 RuleStmt::Failures { count, mode, .. } => match mode {

@@ -230,13 +230,22 @@ impl Lowerer<'_> {
                     let Some(cond) = inner.next().and_then(|e| self.expr(e, 0)) else {
                         continue;
                     };
-                    let confidence = match inner.next() {
-                        Some(c) => c.into_inner().nth(2).and_then(|q| self.quantity(q)),
-                        None => None,
+                    let (confidence, detect) = match inner.next() {
+                        Some(c) => {
+                            let mut parts = c.into_inner().skip(2);
+                            let confidence = parts.next().and_then(|q| self.quantity(q));
+                            let detect = parts
+                                .next()
+                                .and_then(|d| d.into_inner().nth(1))
+                                .and_then(|q| self.quantity(q));
+                            (confidence, detect)
+                        }
+                        None => (None, None),
                     };
                     stmts.push(RuleStmt::When {
                         cond,
                         confidence,
+                        detect,
                         span: ssp,
                     });
                 }
@@ -699,6 +708,7 @@ fn canonical_unit(word: &str) -> Option<UnitSuffix> {
         "h" | "hr" | "hrs" | "hour" | "hours" => UnitSuffix::Hours,
         "d" | "day" | "days" => UnitSuffix::Days,
         "%" | "percent" | "pct" => UnitSuffix::Percent,
+        "x" => UnitSuffix::Times,
         _ => return None,
     })
 }

@@ -27,6 +27,7 @@ impl Rule {
             when_stmt | kw_when => "`when`",
             confidence | kw_with => "`with confidence`",
             kw_confidence => "`confidence`",
+            detect | kw_detect => "`detect`",
             for_stmt | kw_for => "`for`",
             failures_stmt | kw_failures => "`failures`",
             failure_mode => "`consecutive` or `total`",
