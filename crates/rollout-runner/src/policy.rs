@@ -132,7 +132,7 @@ mod tests {
         let reformatted = format!("# a comment\n\n{}", P.replace("    ", "  "));
         let b = fingerprint(&check("b", &reformatted).expect("checks"));
         assert_eq!(compare(&a, &b, 3), Edit::Same);
-        let later = P.replacen("hold 10m\n    promote", "hold 20m\n    promote", 1);
+        let later = P.replacen("hold 10m until", "hold 20m until", 1);
         let c = fingerprint(&check("c", &later).expect("checks"));
         assert!(
             matches!(compare(&a, &c, 1), Edit::Keeps(_)),
@@ -140,7 +140,7 @@ mod tests {
             compare(&a, &c, 1)
         );
         assert!(matches!(compare(&a, &c, 5), Edit::Pauses(_)));
-        let threshold = P.replacen("1.5 * stable.error_rate", "2 * stable.error_rate", 1);
+        let threshold = P.replacen("1.5 * stable.error_rate", "1.25 * stable.error_rate", 1);
         let d = fingerprint(&check("d", &threshold).expect("checks"));
         assert!(matches!(compare(&a, &d, 4), Edit::Keeps(_)));
         assert!(check("e", "rollout {").is_err());

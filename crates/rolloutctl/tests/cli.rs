@@ -261,7 +261,8 @@ fn non_utf8_file_is_a_diagnostic() {
 
 #[test]
 fn plan_prints_text_json_and_mermaid() {
-    let p = "policies/sklearn-iris-canary.rollout";
+    // The seed's fixed rules: `plan` states a worst-case detection time for fixed rules.
+    let p = "tests/promtool/seed.rollout";
     let text = stdout(&rolloutctl(&["plan", p]));
     assert!(
         text.contains("hold 5m")
@@ -487,7 +488,7 @@ fn export_rules(dir: &Path, format: &str) -> PathBuf {
         "prometheus-rules",
         "--format",
         format,
-        "policies/sklearn-iris-canary.rollout",
+        "tests/promtool/seed.rollout",
         "--canary",
         "canary-rev",
         "--stable",
