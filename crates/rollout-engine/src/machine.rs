@@ -962,10 +962,23 @@ impl<'m> Step<'m> {
         for op in &input.operator {
             self.operator(state, input, *op);
         }
-        // The deadline covers everything but the final confirmation of a promotion or rollback.
+        // The deadline covers everything but the final confirmation of a promotion or rollback,
+        // and a pause for want of evidence (undecided tests, inconclusive rules): nothing was
+        // shown against that canary, so it waits for a person instead of being rolled back.
         if let Some(start) = state.started_at {
             let deadline = ms(self.policy().evaluation.deadline);
+            let no_evidence = matches!(
+                &state.phase,
+                Phase::Paused {
+                    reason: Reason::Undecided { .. }
+                        | Reason::Measurement {
+                            kind: FailureKind::Inconclusive
+                        },
+                    ..
+                }
+            );
             if now >= start.saturating_add(deadline)
+                && !no_evidence
                 && !matches!(
                     state.phase,
                     Phase::RollingBack { .. } | Phase::Promoting { .. }

@@ -725,3 +725,95 @@ fn passes_separated_by_a_gap_are_not_consecutive() {
     assert!(out.decision.evaluated);
     assert_eq!(s.passes, 1, "the gap broke the run of passes");
 }
+
+const DETECT_RULE: &str = "rule Errors {\n    when canary.error_rate > stable.error_rate with confidence 95% detect 2x\n    action rollback\n  }";
+
+/// Counts since the start, as Prometheus would give them: canary 10 requests a second, stable 90,
+/// both failing `canary_rate` and 0.5% of them.
+fn steady(canary_rate: f64) -> impl Fn(u64) -> Answer {
+    move |t| {
+        let secs = t as f64 / 1000.0;
+        Box::new(move |name: &str, canary: bool| {
+            let n = if canary { 10.0 * secs } else { 90.0 * secs };
+            let value = match name {
+                "requests" => n,
+                "errors" => n * if canary { canary_rate } else { 0.005 },
+                _ => 100.0,
+            };
+            Sample::Value { value, at: t }
+        })
+    }
+}
+
+#[test]
+fn a_detect_rule_holds_past_the_hold_until_its_regression_is_excluded() {
+    let m = machine(&policy(
+        DETECT_RULE,
+        "    traffic 10%\n    hold 1m until canary.requests >= 1 max 2h\n    promote",
+        "",
+    ));
+    let mut s = m.initial_state();
+    let outs = drive(&m, &mut s, 7_200_000, 10_000, &steady(0.005));
+    assert_eq!(Outcome::of(&s), Outcome::Promoted);
+    let waited = outs
+        .iter()
+        .filter(|o| {
+            o.decision
+                .reason
+                .contains("excluded the `detect` regression")
+        })
+        .count();
+    assert!(
+        waited > 6,
+        "held past the 1m hold for the evidence: {waited} decisions"
+    );
+    let excluded = outs.iter().rev().find_map(|o| {
+        o.decision
+            .rules
+            .iter()
+            .find_map(|r| r.test.as_ref().and_then(|t| t.excluded))
+    });
+    assert_eq!(excluded, Some(true), "the last look excluded 2x");
+}
+
+#[test]
+fn a_detect_rule_rolls_back_a_regression_it_shows() {
+    let m = machine(&policy(
+        DETECT_RULE,
+        "    traffic 10%\n    hold 1m until canary.requests >= 1 max 2h\n    promote",
+        "",
+    ));
+    let mut s = m.initial_state();
+    drive(&m, &mut s, 7_200_000, 10_000, &steady(0.02));
+    assert!(
+        matches!(&s.phase, Phase::RolledBack { reason: Reason::Rule { rule, .. } } if rule == "Errors"),
+        "{:?}",
+        s.phase
+    );
+}
+
+#[test]
+fn undecided_at_the_hold_s_max_pauses_and_the_deadline_does_not_roll_it_back() {
+    // The same counts at every look: one look's evidence, never enough to decide.
+    let m = machine(
+        &policy(
+            DETECT_RULE,
+            "    traffic 10%\n    hold 1m until canary.requests >= 1 max 10m\n    promote",
+            "",
+        )
+        .replace("passes = 2", "passes = 2\n    deadline = 30m"),
+    );
+    let mut s = m.initial_state();
+    drive(&m, &mut s, 3_600_000, 10_000, &healthy_box);
+    assert!(
+        matches!(
+            &s.phase,
+            Phase::Paused {
+                reason: Reason::Undecided { .. },
+                ..
+            }
+        ),
+        "an hour in, past the 30m deadline, it waits for a person: {:?}",
+        s.phase
+    );
+}
