@@ -17,7 +17,10 @@ fn machine(text: &str) -> Machine {
     }
 }
 
-const SEED: &str = include_str!("../../../policies/sklearn-iris-canary.rollout");
+/// The seed's two rules as fixed rules.
+const SEED: &str = include_str!("../../../tests/promtool/seed.rollout");
+/// The shipped headline policy: the error rule judged by the sequential tests (`detect`).
+const HEADLINE: &str = include_str!("../../../policies/sklearn-iris-canary.rollout");
 
 fn cluster(pct: u8) -> Cluster {
     Cluster {
@@ -34,7 +37,10 @@ fn tick_bench(c: &mut Criterion, name: &str, text: &str) {
     let m = machine(
         &text
             .replace("hold 5m", "hold 24h")
-            .replace("deadline = 2h", "deadline = 72h"),
+            .replace("max 2h", "max 48h")
+            .replace("max 1h", "max 48h")
+            .replace("deadline = 2h", "deadline = 72h")
+            .replace("deadline = 8h", "deadline = 72h"),
     );
     let mut state = m.initial_state();
     // Start, shift to 10%, settle: now holding.
@@ -107,6 +113,7 @@ fn bench(c: &mut Criterion) {
         "when canary.error_rate > 1.5 * stable.error_rate with confidence 95%",
     );
     tick_bench(c, "tick/statistical_rule", &stat);
+    tick_bench(c, "tick/sequential_detect_rule", HEADLINE);
 
     // 1,000 rollouts x 1 h of virtual time at 10 s ticks.
     let policy = SEED
